@@ -177,20 +177,37 @@ class Dict {
   Value* Find(const Value& key);
   const Value* Find(std::string_view key) const;
   Value* Find(std::string_view key);
+  // String keys without ambiguity between the Value and string_view forms.
+  const Value* Find(const char* key) const { return Find(std::string_view(key)); }
+  Value* Find(const char* key) { return Find(std::string_view(key)); }
+  const Value* Find(const std::string& key) const { return Find(std::string_view(key)); }
+  Value* Find(const std::string& key) { return Find(std::string_view(key)); }
   bool Contains(std::string_view key) const { return Find(key) != nullptr; }
   // Removes the key; returns whether it was present.
   bool Erase(const Value& key);
 
   const std::vector<std::pair<Value, Value>>& items() const { return items_; }
-  std::vector<std::pair<Value, Value>>& mutable_items() { return items_; }
+  // Direct access; the key index is rebuilt on the next lookup, so keys may
+  // be edited too (later duplicates of a key are then shadowed by the first).
+  std::vector<std::pair<Value, Value>>& mutable_items() {
+    index_stale_ = true;
+    return items_;
+  }
   auto begin() const { return items_.begin(); }
   auto end() const { return items_.end(); }
 
  private:
-  void Reindex();
+  // Rebuilds the index if mutable_items() was handed out since the last
+  // lookup. Const lookups may do this too, so a Dict is not safe for
+  // concurrent reads right after mutable_items().
+  void Reindex() const;
+  void EnsureIndexed() const {
+    if (index_stale_) Reindex();
+  }
   std::vector<std::pair<Value, Value>> items_;
-  std::unordered_map<std::string, size_t> string_index_;
-  std::unordered_map<int64_t, size_t> int_index_;
+  mutable std::unordered_map<std::string, size_t> string_index_;
+  mutable std::unordered_map<int64_t, size_t> int_index_;
+  mutable bool index_stale_ = false;
 };
 
 // The Python name of a dtype's legacy storage class, e.g. kFloat ->

@@ -1,0 +1,378 @@
+#include "checkpoint/torch_save.h"
+
+#include <algorithm>
+#include <random>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/core/StorageImpl.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "checkpoint/pickle.h"
+#include "checkpoint/zip_writer.h"
+
+namespace fabric {
+namespace {
+
+constexpr size_t kDeviceCopyChunk = 64 << 20;  // bytes staged per device->host copy
+
+// torch.save names the archive's top folder after the file: "ckpt.pt" -> "ckpt".
+std::string ArchiveName(const std::string& path) {
+  std::string base = path;
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  if (auto slash = base.rfind('/'); slash != std::string::npos) base = base.substr(slash + 1);
+  if (auto dot = base.rfind('.'); dot != std::string::npos && dot > 0) base = base.substr(0, dot);
+  return base.empty() ? "archive" : base;
+}
+
+std::string SerializationId() {
+  std::random_device rd;
+  std::mt19937_64 gen((static_cast<uint64_t>(rd()) << 32) ^ rd());
+  std::string id;
+  while (id.size() < 40) id += std::to_string(gen() % 10);
+  return id;
+}
+
+std::string LocationOf(const at::Storage& storage) {
+  const c10::Device d = storage.device();
+  if (d.is_cpu()) return "cpu";
+  return d.str();  // "cuda:0", as Python writes it
+}
+
+struct StorageRecordInfo {
+  std::string key;
+  at::Storage storage;
+  at::ScalarType dtype;
+};
+
+// Assigns "0", "1", ... to storages in order of first appearance; tensors that
+// share a storage share its record, as with torch.save.
+class StorageTable {
+ public:
+  absl::StatusOr<pickle::StorageId> Add(const at::Tensor& t) {
+    if (!t.defined()) return absl::InvalidArgumentError("cannot save an undefined tensor");
+    if (t.is_sparse() || t.layout() != at::kStrided) {
+      return absl::UnimplementedError("only dense (strided) tensors can be saved");
+    }
+    if (!StorageClassName(t.scalar_type())) {
+      return absl::UnimplementedError(
+          absl::StrCat("dtype ", c10::toString(t.scalar_type()), " cannot be saved"));
+    }
+    const at::Storage& storage = t.storage();
+    const size_t item = t.element_size();
+    auto [it, inserted] = index_.emplace(storage.unsafeGetStorageImpl(), records_.size());
+    if (inserted) {
+      records_.push_back({std::to_string(records_.size()), storage, t.scalar_type()});
+    } else if (records_[it->second].dtype != t.scalar_type()) {
+      return absl::UnimplementedError(absl::StrCat(
+          "two tensors of different dtypes (", c10::toString(records_[it->second].dtype), ", ",
+          c10::toString(t.scalar_type()), ") view one storage; save a copy of one of them"));
+    }
+    const StorageRecordInfo& r = records_[it->second];
+    return pickle::StorageId{r.key, LocationOf(storage),
+                             static_cast<int64_t>(storage.nbytes() / item)};
+  }
+  const std::vector<StorageRecordInfo>& records() const { return records_; }
+
+ private:
+  std::unordered_map<const c10::StorageImpl*, size_t> index_;
+  std::vector<StorageRecordInfo> records_;
+};
+
+absl::Status WriteStorage(ZipWriter& zip, const StorageRecordInfo& r) {
+  const std::string name = "data/" + r.key;
+  const size_t nbytes = r.storage.nbytes();
+  if (r.storage.device().is_cpu() || nbytes == 0) {
+    return zip.WriteRecord(name, r.storage.data(), nbytes);
+  }
+  // Device memory: stage through host memory a chunk at a time.
+  if (auto s = zip.BeginRecord(name, nbytes); !s.ok()) return s;
+  at::Tensor bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(r.storage.device()));
+  bytes.set_(r.storage, 0, {static_cast<int64_t>(nbytes)}, {1});
+  at::Tensor host = at::empty({static_cast<int64_t>(std::min(nbytes, kDeviceCopyChunk))},
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(
+                                  r.storage.device().is_cuda()));
+  for (size_t done = 0; done < nbytes;) {
+    const int64_t n = static_cast<int64_t>(std::min(nbytes - done, kDeviceCopyChunk));
+    at::Tensor dst = host.narrow(0, 0, n);
+    dst.copy_(bytes.narrow(0, static_cast<int64_t>(done), n));
+    if (auto s = zip.AppendRecordData(dst.data_ptr(), n); !s.ok()) return s;
+    done += n;
+  }
+  return zip.EndRecord();
+}
+
+absl::Status WriteArchive(ByteSink& sink, const std::string& archive_name, const Value& value,
+                          const TorchSaveOptions& options) {
+  StorageTable table;
+  absl::StatusOr<std::string> pkl =
+      pickle::Pickle(value, [&](const at::Tensor& t) { return table.Add(t); });
+  if (!pkl.ok()) return pkl.status();
+
+  ZipWriter zip(&sink, archive_name);
+  absl::Status s = zip.WriteRecord("data.pkl", pkl->data(), pkl->size());
+  if (s.ok()) s = zip.WriteRecord(".format_version", "1", 1);
+  if (s.ok()) s = zip.WriteRecord(".storage_alignment", "64", 2);
+  if (s.ok()) s = zip.WriteRecord("byteorder", "little", 6);
+  uint64_t total = 0, done = 0;
+  for (const auto& r : table.records()) total += r.storage.nbytes();
+  for (const auto& r : table.records()) {
+    if (!s.ok()) break;
+    s = WriteStorage(zip, r);
+    done += r.storage.nbytes();
+    if (options.progress) options.progress(done, total);
+  }
+  if (s.ok()) s = zip.WriteRecord("version", "3\n", 2);
+  const std::string id = SerializationId();
+  if (s.ok()) s = zip.WriteRecord(".data/serialization_id", id.data(), id.size());
+  if (s.ok()) s = zip.Finish();
+  return s;
+}
+
+int64_t ElementSize(at::ScalarType t) { return static_cast<int64_t>(c10::elementSize(t)); }
+
+}  // namespace
+
+absl::Status TorchSave(const std::string& path, const Value& value,
+                       const TorchSaveOptions& options) {
+  AtomicFileWriter::Options file_options;
+  file_options.direct_io = options.direct_io;
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> file =
+      AtomicFileWriter::Create(path, file_options);
+  if (!file.ok()) return file.status();
+  if (absl::Status s = WriteArchive(**file, ArchiveName(path), value, options); !s.ok()) {
+    (*file)->Abort();
+    return absl::Status(s.code(), absl::StrCat("saving ", path, ": ", s.message()));
+  }
+  return (*file)->Commit();
+}
+
+absl::Status TorchSaveToSink(ByteSink& sink, const std::string& archive_name,
+                             const Value& value) {
+  return WriteArchive(sink, archive_name, value, {});
+}
+
+uint64_t StorageBytes(const Value& value) {
+  StorageTable table;
+  std::vector<const Value*> stack = {&value};
+  while (!stack.empty()) {
+    const Value* v = stack.back();
+    stack.pop_back();
+    switch (v->kind()) {
+      case Value::Kind::kTensor:
+        (void)table.Add(v->as_tensor());
+        break;
+      case Value::Kind::kList:
+      case Value::Kind::kTuple:
+        for (const Value& item : v->items()) stack.push_back(&item);
+        break;
+      case Value::Kind::kDict:
+        for (const auto& [k, item] : v->as_dict()) stack.push_back(&item);
+        break;
+      default:
+        break;
+    }
+  }
+  uint64_t total = 0;
+  for (const auto& r : table.records()) total += r.storage.nbytes();
+  return total;
+}
+
+absl::StatusOr<std::unique_ptr<TorchFile>> TorchFile::Open(const std::string& path) {
+  absl::StatusOr<std::shared_ptr<FileReader>> file = FileReader::Open(path);
+  if (!file.ok()) return file.status();
+  return Open(*std::move(file), 0, std::nullopt);
+}
+
+absl::StatusOr<std::unique_ptr<TorchFile>> TorchFile::Open(std::shared_ptr<FileReader> file,
+                                                           uint64_t offset,
+                                                           std::optional<uint64_t> length) {
+  std::unique_ptr<TorchFile> f(new TorchFile());
+  f->file_ = std::move(file);
+  absl::StatusOr<std::unique_ptr<ZipReader>> zip = ZipReader::Open(f->file_, offset, length);
+  if (!zip.ok()) {
+    return absl::Status(zip.status().code(),
+                        absl::StrCat(zip.status().message(),
+                                     " (not a torch.save checkpoint in the zip format)"));
+  }
+  f->zip_ = *std::move(zip);
+  if (absl::Status s = f->Init(); !s.ok()) return s;
+  return f;
+}
+
+absl::Status TorchFile::Init() {
+  if (const ZipReader::Entry* order = zip_->Find("byteorder")) {
+    absl::StatusOr<std::string> b = zip_->ReadRecord("byteorder");
+    if (!b.ok()) return b.status();
+    if (*b != "little") {
+      return absl::UnimplementedError(
+          absl::StrCat(path(), ": byte order '", *b, "' is not supported (only little)"));
+    }
+    (void)order;
+  }
+  if (!zip_->Find("data.pkl")) {
+    return absl::DataLossError(
+        absl::StrCat(path(), ": no data.pkl record; not a torch.save checkpoint"));
+  }
+  absl::StatusOr<std::string> pkl = zip_->ReadRecord("data.pkl");
+  if (!pkl.ok()) return pkl.status();
+  absl::StatusOr<Value> root = pickle::Unpickle(*pkl, absl::StrCat(path(), ":data.pkl"));
+  if (!root.ok()) return root.status();
+  root_ = *std::move(root);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const ZipReader::Entry*> TorchFile::StorageRecord(const TensorRef& ref) const {
+  const std::string name = "data/" + ref.storage_key;
+  const ZipReader::Entry* entry = zip_->Find(name);
+  if (!entry) {
+    return absl::DataLossError(absl::StrCat(path(), ": tensor storage record '", name,
+                                            "' is missing from the archive"));
+  }
+  const int64_t item = ElementSize(ref.dtype);
+  const uint64_t need = static_cast<uint64_t>(ref.storage_numel) * item;
+  if (entry->size < need) {
+    return absl::DataLossError(absl::StrCat(path(), ": storage record '", name, "' has ",
+                                            entry->size, " bytes but its tensor needs ", need));
+  }
+  // The view must lie inside its storage.
+  int64_t last = ref.storage_offset;
+  bool empty = false;
+  if (ref.sizes.size() != ref.strides.size()) {
+    return absl::DataLossError(absl::StrCat(path(), ": tensor on '", name,
+                                            "' has mismatched size and stride ranks"));
+  }
+  for (size_t i = 0; i < ref.sizes.size(); ++i) {
+    if (ref.sizes[i] < 0 || ref.strides[i] < 0) {
+      return absl::DataLossError(absl::StrCat(path(), ": tensor on '", name,
+                                              "' has a negative size or stride"));
+    }
+    if (ref.sizes[i] == 0) empty = true;
+    last += (ref.sizes[i] - 1) * ref.strides[i];
+  }
+  if (!empty && (ref.storage_offset < 0 || last >= ref.storage_numel)) {
+    return absl::DataLossError(absl::StrCat(path(), ": tensor on '", name,
+                                            "' reaches past the end of its storage"));
+  }
+  return entry;
+}
+
+absl::StatusOr<at::Storage> TorchFile::ReadStorage(const TensorRef& ref,
+                                                   const c10::Device& device) const {
+  absl::StatusOr<const ZipReader::Entry*> entry = StorageRecord(ref);
+  if (!entry.ok()) return entry.status();
+  const int64_t nbytes = ref.storage_numel * ElementSize(ref.dtype);
+  at::Tensor bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
+  if (nbytes > 0) {
+    if (absl::Status s = file_->ReadAt((*entry)->data_offset, bytes.data_ptr(), nbytes); !s.ok()) {
+      return s;
+    }
+  }
+  if (!device.is_cpu()) bytes = bytes.to(device);
+  return bytes.storage();
+}
+
+absl::StatusOr<at::Tensor> TorchFile::ReadTensor(const TensorRef& ref,
+                                                 const c10::Device& device) const {
+  absl::StatusOr<const ZipReader::Entry*> entry = StorageRecord(ref);
+  if (!entry.ok()) return entry.status();
+  at::Tensor out;
+  if (ref.is_contiguous()) {
+    out = at::empty(ref.sizes, at::TensorOptions().dtype(ref.dtype));
+    const uint64_t nbytes = static_cast<uint64_t>(out.numel()) * out.element_size();
+    if (nbytes > 0) {
+      const uint64_t at_byte = (*entry)->data_offset +
+                               static_cast<uint64_t>(ref.storage_offset) * out.element_size();
+      if (absl::Status s = file_->ReadAt(at_byte, out.data_ptr(), nbytes); !s.ok()) return s;
+    }
+    if (!device.is_cpu()) out = out.to(device);
+  } else {
+    absl::StatusOr<at::Storage> storage = ReadStorage(ref, device);
+    if (!storage.ok()) return storage.status();
+    out = at::empty({0}, at::TensorOptions().dtype(ref.dtype).device(device));
+    out.set_(*storage, ref.storage_offset, ref.sizes, ref.strides);
+  }
+  return out;
+}
+
+absl::Status TorchFile::ReadInto(const TensorRef& ref, at::Tensor& dst) const {
+  if (dst.sizes() != c10::IntArrayRef(ref.sizes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path(), ": tensor 'data/", ref.storage_key, "' has shape [",
+                     absl::StrJoin(ref.sizes, ", "), "] but the destination has shape [",
+                     absl::StrJoin(dst.sizes(), ", "), "]"));
+  }
+  if (dst.device().is_cpu() && dst.is_contiguous() && dst.scalar_type() == ref.dtype &&
+      ref.is_contiguous()) {
+    absl::StatusOr<const ZipReader::Entry*> entry = StorageRecord(ref);
+    if (!entry.ok()) return entry.status();
+    const uint64_t nbytes = static_cast<uint64_t>(dst.numel()) * dst.element_size();
+    if (nbytes == 0) return absl::OkStatus();
+    return file_->ReadAt(
+        (*entry)->data_offset + static_cast<uint64_t>(ref.storage_offset) * dst.element_size(),
+        dst.data_ptr(), nbytes);
+  }
+  absl::StatusOr<at::Tensor> t = ReadTensor(ref, c10::kCPU);
+  if (!t.ok()) return t.status();
+  dst.copy_(*t);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Device& device) const {
+  std::unordered_map<std::string, at::Storage> storages;
+  // Recursive copy of the containers with refs replaced.
+  std::function<absl::StatusOr<Value>(const Value&)> visit =
+      [&](const Value& v) -> absl::StatusOr<Value> {
+    switch (v.kind()) {
+      case Value::Kind::kTensorRef: {
+        const TensorRef& ref = v.as_tensor_ref();
+        auto it = storages.find(ref.storage_key);
+        if (it == storages.end()) {
+          absl::StatusOr<at::Storage> s = ReadStorage(ref, device);
+          if (!s.ok()) return s.status();
+          it = storages.emplace(ref.storage_key, *std::move(s)).first;
+        } else if (absl::StatusOr<const ZipReader::Entry*> e = StorageRecord(ref); !e.ok()) {
+          return e.status();
+        }
+        at::Tensor t = at::empty({0}, at::TensorOptions().dtype(ref.dtype).device(device));
+        t.set_(it->second, ref.storage_offset, ref.sizes, ref.strides);
+        if (ref.requires_grad && at::isFloatingType(ref.dtype)) t.requires_grad_(true);
+        return Value(t);
+      }
+      case Value::Kind::kList:
+      case Value::Kind::kTuple: {
+        std::vector<Value> items;
+        items.reserve(v.items().size());
+        for (const Value& item : v.items()) {
+          absl::StatusOr<Value> m = visit(item);
+          if (!m.ok()) return m.status();
+          items.push_back(*std::move(m));
+        }
+        return v.is_list() ? Value::List(std::move(items)) : Value::Tuple(std::move(items));
+      }
+      case Value::Kind::kDict: {
+        Dict d;
+        for (const auto& [k, item] : v.as_dict()) {
+          absl::StatusOr<Value> m = visit(item);
+          if (!m.ok()) return m.status();
+          d.Set(k, *std::move(m));
+        }
+        return Value(std::move(d));
+      }
+      default:
+        return v;
+    }
+  };
+  return visit(value);
+}
+
+absl::StatusOr<Value> TorchLoad(const std::string& path, const c10::Device& device) {
+  absl::StatusOr<std::unique_ptr<TorchFile>> file = TorchFile::Open(path);
+  if (!file.ok()) return file.status();
+  return (*file)->Materialize((*file)->root(), device);
+}
+
+}  // namespace fabric

@@ -1,0 +1,98 @@
+// torch.save / torch.load compatible single-file checkpoints.
+//
+// The file is what Python's torch.save writes: a zip archive of stored records,
+// `<archive>/data.pkl` (the pickled object tree, protocol 2), one record
+// `<archive>/data/<key>` per tensor storage (raw little-endian bytes, 64-byte
+// aligned), and the small `.format_version`, `.storage_alignment`, `byteorder`,
+// `version` and `.data/serialization_id` records. Tensor bytes are streamed
+// from their storages to the file; nothing holds a second copy of the
+// checkpoint in memory.
+#ifndef FABRIC_CHECKPOINT_TORCH_SAVE_H_
+#define FABRIC_CHECKPOINT_TORCH_SAVE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "checkpoint/file_io.h"
+#include "checkpoint/value.h"
+#include "checkpoint/zip_reader.h"
+
+namespace fabric {
+
+struct TorchSaveOptions {
+  // Write through O_DIRECT with staging buffers (falls back to buffered I/O
+  // where the filesystem does not support it).
+  bool direct_io = true;
+  // Called after each storage record with bytes written so far and the total.
+  std::function<void(uint64_t done, uint64_t total)> progress;
+};
+
+// Saves `value` to `path` atomically: a temporary file in the same folder,
+// fsync, rename, fsync of the folder. On any failure the previous file at
+// `path`, if any, is untouched.
+absl::Status TorchSave(const std::string& path, const Value& value,
+                       const TorchSaveOptions& options = {});
+
+// Writes the archive onto `sink` at its current position (used for the
+// archives that distributed checkpoints place back to back in one file).
+absl::Status TorchSaveToSink(ByteSink& sink, const std::string& archive_name,
+                             const Value& value);
+
+// Total bytes of tensor storages `value` references (each storage once).
+uint64_t StorageBytes(const Value& value);
+
+// A torch.save archive opened for reading. The object tree is parsed at Open;
+// tensors stay in the file as TensorRefs until read, so a caller can read them
+// straight into existing parameters, or only the ones it needs.
+class TorchFile {
+ public:
+  static absl::StatusOr<std::unique_ptr<TorchFile>> Open(const std::string& path);
+  // An archive embedded in a larger file at [offset, offset + length).
+  static absl::StatusOr<std::unique_ptr<TorchFile>> Open(
+      std::shared_ptr<FileReader> file, uint64_t offset, std::optional<uint64_t> length);
+
+  const std::string& path() const { return file_->path(); }
+  // The unpickled object tree; tensors are kTensorRef.
+  const Value& root() const { return root_; }
+  const ZipReader& zip() const { return *zip_; }
+
+  // Reads one tensor into a new tensor on `device` (Python's map_location).
+  absl::StatusOr<at::Tensor> ReadTensor(const TensorRef& ref,
+                                        const c10::Device& device = c10::kCPU) const;
+  // Reads a tensor into `dst`, which must have the same shape. Bytes go
+  // straight into dst's memory when it is a contiguous CPU tensor of the same
+  // dtype; otherwise through a temporary and dst.copy_() (casts, devices).
+  absl::Status ReadInto(const TensorRef& ref, at::Tensor& dst) const;
+
+  // Replaces every TensorRef in `value` by a tensor on `device`. Tensors that
+  // share a storage in the file share one in memory, as with torch.load.
+  absl::StatusOr<Value> Materialize(const Value& value,
+                                    const c10::Device& device = c10::kCPU) const;
+
+ private:
+  TorchFile() = default;
+  absl::Status Init();
+  // The record of a storage, checked against the size the ref needs.
+  absl::StatusOr<const ZipReader::Entry*> StorageRecord(const TensorRef& ref) const;
+  absl::StatusOr<at::Storage> ReadStorage(const TensorRef& ref,
+                                          const c10::Device& device) const;
+
+  std::shared_ptr<FileReader> file_;
+  std::unique_ptr<ZipReader> zip_;
+  Value root_;
+};
+
+// torch.load(path, map_location=device): everything read into memory.
+absl::StatusOr<Value> TorchLoad(const std::string& path, const c10::Device& device = c10::kCPU);
+
+}  // namespace fabric
+
+#endif  // FABRIC_CHECKPOINT_TORCH_SAVE_H_

@@ -1,0 +1,46 @@
+// Turning a State into the object tree of a checkpoint and back.
+//
+// Strategy-independent: the single-device and DDP strategies write the tree
+// with TorchSave; loading restores modules and optimizers in place, reading
+// tensor bytes straight from the file into their parameters.
+#ifndef FABRIC_FABRIC_STATE_IO_H_
+#define FABRIC_FABRIC_STATE_IO_H_
+
+#include <functional>
+#include <map>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "checkpoint/torch_save.h"
+#include "checkpoint/value.h"
+#include "fabric/state.h"
+
+namespace fabric {
+
+// Per top-level entry, a predicate over the keys of that entry's state dict
+// (or of a plain dict value): only the items it accepts are saved.
+using StateFilter =
+    std::map<std::string, std::function<bool(const std::string& key, const Value& value)>>;
+
+// Modules become their state dicts, optimizers their PyTorch-layout state
+// dicts, plain values stay as they are; then the filter is applied.
+absl::StatusOr<Dict> StateToCheckpoint(const State& state, const StateFilter& filter = {});
+
+// Restores `state` from an opened checkpoint, as Lightning Fabric's load does:
+// modules and optimizers in place, plain values written back into `state`.
+// Returns the remainder: entries of the file that `state` did not ask for.
+// With `strict`, a requested key missing from the file is an error, and so is
+// any module key mismatch; the error lists every problem at once.
+absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state, bool strict);
+
+// The whole file as values (modules and optimizers as their state dicts).
+absl::StatusOr<Dict> LoadAllFromCheckpoint(const TorchFile& file);
+
+// The file holds one module's (or optimizer's) state dict at its top level.
+absl::Status LoadRawModule(const TorchFile& file, torch::nn::Module& module, bool strict);
+absl::Status LoadRawOptimizer(const TorchFile& file, torch::optim::Optimizer& optimizer);
+
+}  // namespace fabric
+
+#endif  // FABRIC_FABRIC_STATE_IO_H_
