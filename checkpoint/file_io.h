@@ -88,6 +88,7 @@ class AtomicFileWriter : public ByteSink {
   absl::Status WriteFully(const char* data, size_t n, uint64_t offset);
   absl::Status IoError(const char* what, int err, uint64_t offset) const;
   absl::Status FlushBuffered();
+  void StartWriteback();
   absl::Status SubmitCurrent(size_t len);
   absl::Status AcquireBuffer();
   absl::Status DrainAndStop();
@@ -108,6 +109,7 @@ class AtomicFileWriter : public ByteSink {
   int cur_ = -1;             // buffer being filled, -1 if none
   size_t fill_ = 0;          // bytes in the current buffer
   uint64_t file_offset_ = 0; // file offset of the current buffer's start
+  uint64_t writeback_from_ = 0;  // buffered mode: writeback started below this
 
   // Shared with the writer thread.
   absl::Mutex mu_;
@@ -137,6 +139,7 @@ class FileReader {
 
  private:
   FileReader(std::string path, int fd, uint64_t size);
+  absl::Status ReadRange(uint64_t offset, char* dst, size_t n) const;
 
   const std::string path_;
   const int fd_;

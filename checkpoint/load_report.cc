@@ -59,7 +59,7 @@ at::ScalarType ValueTensorDtype(const Value& value) {
 
 absl::StatusOr<at::Tensor> MaterializeValue(const Value& value,
                                             const TensorSource& source,
-                                            std::string_view key) {
+                                            const std::string& key) {
   if (value.is_tensor()) return value.as_tensor();
   if (!value.is_tensor_ref()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -81,7 +81,7 @@ absl::StatusOr<at::Tensor> MaterializeValue(const Value& value,
 }
 
 absl::Status CopyValueInto(const Value& value, at::Tensor& destination,
-                           const TensorSource& source, std::string_view key) {
+                           const TensorSource& source, const std::string& key) {
   c10::NoGradGuard no_grad;
   if (value.is_tensor_ref() && source) {
     const TensorRef& ref = value.as_tensor_ref();

@@ -55,13 +55,13 @@ std::string ShapeString(c10::IntArrayRef sizes);
 // conversion), without recording autograd. The caller has checked the shape;
 // `key` names the value in errors.
 absl::Status CopyValueInto(const Value& value, at::Tensor& destination,
-                           const TensorSource& source, std::string_view key);
+                           const TensorSource& source, const std::string& key);
 
 // Reads a tensor Value into a new CPU tensor of its own dtype and shape (for
 // a kTensor: the tensor itself, not a copy).
 absl::StatusOr<at::Tensor> MaterializeValue(const Value& value,
                                             const TensorSource& source,
-                                            std::string_view key);
+                                            const std::string& key);
 
 // The sizes of a kTensor or kTensorRef Value.
 std::vector<int64_t> ValueTensorSizes(const Value& value);

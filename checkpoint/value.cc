@@ -232,6 +232,63 @@ Value Value::Clone() const {
   }
 }
 
+void Value::DestroyContainer() noexcept {
+  // Only a container this Value alone holds is about to be freed; emptying it
+  // first (children into `work`) keeps nested destructors one level deep.
+  auto sole = [](const auto& ptr) { return ptr && ptr.use_count() == 1; };
+  auto has_children = [&](const Value& v) {
+    if (auto* list = std::get_if<std::shared_ptr<ListBox>>(&v.v_)) {
+      return sole(*list) && !(*list)->items.empty();
+    }
+    if (auto* tuple = std::get_if<std::shared_ptr<TupleBox>>(&v.v_)) {
+      return sole(*tuple) && !(*tuple)->items.empty();
+    }
+    if (auto* dict = std::get_if<std::shared_ptr<Dict>>(&v.v_)) {
+      return sole(*dict) && !(*dict)->empty();
+    }
+    if (auto* obj = std::get_if<std::shared_ptr<Object>>(&v.v_)) return sole(*obj);
+    return false;
+  };
+  if (!has_children(*this)) return;  // the common leaf-container case
+
+  std::vector<Value> work;
+  auto take_all = [&work](std::vector<Value>& items) {
+    for (Value& item : items) work.push_back(std::move(item));
+    items.clear();
+  };
+  auto take_pairs = [&work](std::vector<std::pair<Value, Value>>& items) {
+    for (auto& kv : items) {
+      work.push_back(std::move(kv.first));
+      work.push_back(std::move(kv.second));
+    }
+    items.clear();
+  };
+  auto take_children = [&](Value& v) {
+    if (auto* list = std::get_if<std::shared_ptr<ListBox>>(&v.v_)) {
+      if (sole(*list)) take_all((*list)->items);
+    } else if (auto* tuple = std::get_if<std::shared_ptr<TupleBox>>(&v.v_)) {
+      if (sole(*tuple)) take_all((*tuple)->items);
+    } else if (auto* dict = std::get_if<std::shared_ptr<Dict>>(&v.v_)) {
+      if (sole(*dict)) take_pairs((*dict)->mutable_items());
+    } else if (auto* obj = std::get_if<std::shared_ptr<Object>>(&v.v_)) {
+      if (sole(*obj)) {
+        Object& o = **obj;
+        if (sole(o.args)) take_all(*o.args);
+        if (sole(o.list_items)) take_all(*o.list_items);
+        if (sole(o.dict_items)) take_pairs(*o.dict_items);
+        if (sole(o.state)) work.push_back(std::move(*o.state));
+      }
+    }
+  };
+  take_children(*this);
+  while (!work.empty()) {
+    Value v = std::move(work.back());
+    work.pop_back();
+    if (v.v_.index() >= kFirstContainerIndex) take_children(v);
+    // `v` now holds no children it alone owns; destroying it is shallow.
+  }
+}
+
 // ---------------------------------------------------------------------------
 // DebugString
 

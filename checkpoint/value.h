@@ -62,7 +62,8 @@ struct Global {
 // DCP's metadata dataclasses, for example, load and save as Objects.
 struct Object {
   Global callable;
-  std::shared_ptr<std::vector<Value>> args;  // never null
+  std::shared_ptr<std::vector<Value>> args =  // never null
+      std::make_shared<std::vector<Value>>();
   bool newobj = false;                      // NEWOBJ rather than REDUCE
   std::shared_ptr<Value> state;             // null when there was no BUILD
   // Items appended (APPENDS) or set (SETITEMS) on the object after creation,
@@ -83,6 +84,15 @@ class Value {
   };
 
   Value() = default;  // None
+  Value(const Value&) = default;
+  Value(Value&&) noexcept = default;
+  Value& operator=(const Value&) = default;
+  Value& operator=(Value&&) noexcept = default;
+  // Frees nested containers with a loop rather than recursion, so that a very
+  // deep tree (say, from a malicious pickle) cannot overflow the stack.
+  ~Value() {
+    if (v_.index() >= kFirstContainerIndex) DestroyContainer();
+  }
   Value(std::nullptr_t) {}
   Value(bool b) : v_(b) {}
   Value(int v) : v_(static_cast<int64_t>(v)) {}
@@ -150,6 +160,11 @@ class Value {
   friend bool operator!=(const Value& a, const Value& b) { return !(a == b); }
 
  private:
+  // v_ alternatives from this index on are lists, tuples, dicts, globals and
+  // objects.
+  static constexpr size_t kFirstContainerIndex = 8;
+  void DestroyContainer() noexcept;
+
   struct BytesBox { std::string data; };
   struct ListBox { std::vector<Value> items; };
   struct TupleBox { std::vector<Value> items; };

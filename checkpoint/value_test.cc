@@ -201,6 +201,36 @@ TEST(ValueTest, CloneIsDeepForContainersOnly) {
   EXPECT_NE(ov, oc);
 }
 
+TEST(ValueTest, DeepTreesAreFreedWithoutRecursion) {
+  // A million levels would overflow the stack with recursive destructors.
+  Value root = Value::List();
+  Value cur = root;
+  for (int i = 0; i < 1000000; ++i) {
+    Value next = (i % 3 == 0)   ? Value::List()
+                 : (i % 3 == 1) ? Value::MakeDict()
+                                : Value(Object());
+    if (cur.is_list()) {
+      cur.items().push_back(next);
+    } else if (cur.is_dict()) {
+      cur.as_dict().Set(Value(i), next);
+    } else {
+      cur.as_object().args->push_back(next);
+    }
+    cur = next;
+  }
+  cur = Value();
+  root = Value();  // must not crash
+  SUCCEED();
+}
+
+TEST(ValueTest, DestroyingOneOwnerKeepsSharedChildren) {
+  Value shared = Value::List({1, 2, 3});
+  {
+    Value outer = Value::List({Value::List({shared}), shared});
+  }
+  EXPECT_EQ(shared, Value::List({1, 2, 3}));
+}
+
 TEST(ValueTest, DebugString) {
   Value v(Dict{{"a", Value::List({1, 2.5, "x'y", Value::Bytes("\x01z"), true, Value()})},
                {"t", Value::Tuple({1})},

@@ -92,9 +92,6 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
           "); pass strict=false to load the others"));
     }
   }
-  // Check and load every module first, so that a strict failure lists all
-  // problems of all modules before anything is reported.
-  std::vector<std::string> problems;
   for (auto& [key, entry] : state.entries()) {
     const Value* v = saved.Find(key);
     if (v == nullptr) continue;
@@ -102,21 +99,18 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
       case StateEntry::Kind::kModule: {
         absl::StatusOr<const Dict*> d = EntryDict(file, key, *v);
         if (!d.ok()) return d.status();
+        // A strict mismatch comes back as an error listing every problem.
         absl::StatusOr<StateLoadReport> report =
-            LoadModuleState(entry.module(), **d, strict, SourceFor(file));
-        if (!report.ok()) {
-          return Annotate(report.status(), absl::StrCat(file.path(), ": entry '", key, "': "));
-        }
-        if (strict && !report->ok()) {
-          problems.push_back(absl::StrCat("entry '", key, "': ", report->ToString(file.path())));
-        }
+            LoadModuleState(entry.module(), **d, strict, SourceFor(file), file.path());
+        if (!report.ok()) return Annotate(report.status(), absl::StrCat("entry '", key, "': "));
         break;
       }
       case StateEntry::Kind::kOptimizer: {
         absl::StatusOr<const Dict*> d = EntryDict(file, key, *v);
         if (!d.ok()) return d.status();
-        if (absl::Status s = LoadOptimizerState(entry.optimizer(), **d, SourceFor(file)); !s.ok()) {
-          return Annotate(s, absl::StrCat(file.path(), ": entry '", key, "': "));
+        if (absl::Status s = LoadOptimizerState(entry.optimizer(), **d, SourceFor(file), key);
+            !s.ok()) {
+          return Annotate(s, absl::StrCat(file.path(), ": "));
         }
         break;
       }
@@ -127,9 +121,6 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
         break;
       }
     }
-  }
-  if (!problems.empty()) {
-    return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
   }
   Dict remainder;
   for (const auto& [k, v] : saved) {
@@ -158,9 +149,8 @@ absl::Status LoadRawModule(const TorchFile& file, torch::nn::Module& module, boo
                                                    ", not a module state dict"));
   }
   absl::StatusOr<StateLoadReport> report =
-      LoadModuleState(module, root.as_dict(), strict, SourceFor(file));
-  if (!report.ok()) return Annotate(report.status(), absl::StrCat(file.path(), ": "));
-  return report->ToStatus(file.path(), strict);
+      LoadModuleState(module, root.as_dict(), strict, SourceFor(file), file.path());
+  return report.status();
 }
 
 absl::Status LoadRawOptimizer(const TorchFile& file, torch::optim::Optimizer& optimizer) {

@@ -3,7 +3,7 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -17,9 +17,9 @@ namespace {
 
 // An integer variable. `required` makes a missing one an error.
 absl::StatusOr<std::optional<int>> ReadInt(const EnvLookup& env,
-                                           std::string_view name,
+                                           absl::string_view name,
                                            bool required,
-                                           std::string_view why) {
+                                           absl::string_view why) {
   std::optional<std::string> raw = env(name);
   if (!raw.has_value()) {
     if (required) {
@@ -36,8 +36,8 @@ absl::StatusOr<std::optional<int>> ReadInt(const EnvLookup& env,
   return std::optional<int>(value);
 }
 
-absl::Status CheckRange(std::string_view name, int value, int lo, int hi,
-                        std::string_view hi_what) {
+absl::Status CheckRange(absl::string_view name, int value, int lo, int hi,
+                        absl::string_view hi_what) {
   if (value < lo || value >= hi) {
     return absl::InvalidArgumentError(
         absl::StrCat("environment variable ", name, "=", value,
@@ -47,7 +47,7 @@ absl::Status CheckRange(std::string_view name, int value, int lo, int hi,
   return absl::OkStatus();
 }
 
-absl::Status CheckPort(std::string_view name, int port) {
+absl::Status CheckPort(absl::string_view name, int port) {
   if (port < 1 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(
         "environment variable ", name, "=", port, " is not a TCP port (1..65535)"));
@@ -56,7 +56,7 @@ absl::Status CheckPort(std::string_view name, int port) {
 }
 
 absl::StatusOr<ClusterEnvironment> FromTorchrun(const EnvLookup& env) {
-  constexpr std::string_view kWhy = "(RANK is set, so this is a torchrun-style launch)";
+  constexpr absl::string_view kWhy = "(RANK is set, so this is a torchrun-style launch)";
   ClusterEnvironment c;
   c.kind = ClusterKind::kTorchrun;
   std::optional<int> v;
@@ -82,7 +82,7 @@ absl::StatusOr<ClusterEnvironment> FromTorchrun(const EnvLookup& env) {
                              "LOCAL_WORLD_SIZE"));
   c.num_nodes = (c.world_size + c.local_world_size - 1) / c.local_world_size;
   // torchrun calls the node rank GROUP_RANK; Lightning uses NODE_RANK.
-  std::string_view node_var = "GROUP_RANK";
+  absl::string_view node_var = "GROUP_RANK";
   FABRIC_ASSIGN_OR_RETURN(v, ReadInt(env, node_var, false, kWhy));
   if (!v.has_value()) {
     node_var = "NODE_RANK";
@@ -112,7 +112,7 @@ absl::StatusOr<ClusterEnvironment> FromTorchrun(const EnvLookup& env) {
 }
 
 absl::StatusOr<ClusterEnvironment> FromSlurm(const EnvLookup& env) {
-  constexpr std::string_view kWhy = "(SLURM_PROCID is set, so this is an srun launch)";
+  constexpr absl::string_view kWhy = "(SLURM_PROCID is set, so this is an srun launch)";
   ClusterEnvironment c;
   c.kind = ClusterKind::kSlurm;
   std::optional<int> v;
@@ -182,7 +182,7 @@ absl::StatusOr<ClusterEnvironment> FromSlurm(const EnvLookup& env) {
 
 }  // namespace
 
-std::string_view ClusterKindName(ClusterKind kind) {
+absl::string_view ClusterKindName(ClusterKind kind) {
   switch (kind) {
     case ClusterKind::kNone:
       return "none";
@@ -195,27 +195,27 @@ std::string_view ClusterKindName(ClusterKind kind) {
 }
 
 EnvLookup ProcessEnv() {
-  return [](std::string_view name) -> std::optional<std::string> {
+  return [](absl::string_view name) -> std::optional<std::string> {
     const char* value = std::getenv(std::string(name).c_str());
     if (value == nullptr) return std::nullopt;
     return std::string(value);
   };
 }
 
-absl::StatusOr<std::string> FirstSlurmHost(std::string_view nodelist) {
+absl::StatusOr<std::string> FirstSlurmHost(absl::string_view nodelist) {
   nodelist = absl::StripAsciiWhitespace(nodelist);
   if (nodelist.empty()) {
     return absl::InvalidArgumentError("environment variable SLURM_NODELIST is empty");
   }
   size_t bracket = nodelist.find('[');
   size_t comma = nodelist.find(',');
-  if (bracket == std::string_view::npos || (comma != std::string_view::npos && comma < bracket)) {
+  if (bracket == absl::string_view::npos || (comma != absl::string_view::npos && comma < bracket)) {
     return std::string(nodelist.substr(0, comma));
   }
-  std::string_view prefix = nodelist.substr(0, bracket);
-  std::string_view rest = nodelist.substr(bracket + 1);
+  absl::string_view prefix = nodelist.substr(0, bracket);
+  absl::string_view rest = nodelist.substr(bracket + 1);
   size_t end = rest.find_first_of(",-]");
-  if (end == std::string_view::npos || end == 0) {
+  if (end == absl::string_view::npos || end == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "environment variable SLURM_NODELIST='", nodelist,
         "' is not a SLURM host list (expected e.g. node[1-4])"));
@@ -225,7 +225,7 @@ absl::StatusOr<std::string> FirstSlurmHost(std::string_view nodelist) {
 
 absl::StatusOr<ClusterEnvironment> DetectClusterEnvironment(const EnvLookup& env) {
   if (env("RANK").has_value()) return FromTorchrun(env);
-  for (std::string_view name : {"WORLD_SIZE", "LOCAL_RANK"}) {
+  for (absl::string_view name : {"WORLD_SIZE", "LOCAL_RANK"}) {
     if (env(name).has_value()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "environment variable ", name,

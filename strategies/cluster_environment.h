@@ -4,7 +4,7 @@
 #include <functional>
 #include <optional>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 
@@ -17,7 +17,7 @@ enum class ClusterKind {
   kSlurm,     // SLURM_PROCID / SLURM_NTASKS / ... (srun).
 };
 
-std::string_view ClusterKindName(ClusterKind kind);
+absl::string_view ClusterKindName(ClusterKind kind);
 
 // Who am I in the job. For kNone it describes a single process (rank 0 of 1),
 // which becomes the launcher of the local ranks.
@@ -38,7 +38,7 @@ struct ClusterEnvironment {
 };
 
 // Reads one environment variable; nullopt when unset.
-using EnvLookup = std::function<std::optional<std::string>(std::string_view)>;
+using EnvLookup = std::function<std::optional<std::string>(absl::string_view)>;
 
 // Reads the process environment (getenv).
 EnvLookup ProcessEnv();
@@ -50,7 +50,7 @@ absl::StatusOr<ClusterEnvironment> DetectClusterEnvironment(
     const EnvLookup& env = ProcessEnv());
 
 // First host of a SLURM node list: "node[003-005,9],gpu1" -> "node003".
-absl::StatusOr<std::string> FirstSlurmHost(std::string_view nodelist);
+absl::StatusOr<std::string> FirstSlurmHost(absl::string_view nodelist);
 
 }  // namespace fabric::strategies
 

@@ -231,9 +231,13 @@ absl::StatusOr<std::unique_ptr<Launcher>> Launcher::Launch(const LaunchOptions& 
 
 absl::Status Launcher::Spawn(const LaunchOptions& options) {
   std::string executable = options.executable;
-  if (executable.empty()) FABRIC_ASSIGN_OR_RETURN(executable, OwnExecutable());
+  if (executable.empty()) {
+    FABRIC_ASSIGN_OR_RETURN(executable, OwnExecutable());
+  }
   std::vector<std::string> argv = options.argv;
-  if (argv.empty()) FABRIC_ASSIGN_OR_RETURN(argv, OwnArgv());
+  if (argv.empty()) {
+    FABRIC_ASSIGN_OR_RETURN(argv, OwnArgv());
+  }
 
   const ClusterEnvironment& c = cluster_;
   absl::flat_hash_set<std::string> overridden = {

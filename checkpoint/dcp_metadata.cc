@@ -1,0 +1,737 @@
+#include "checkpoint/dcp_metadata.h"
+
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "checkpoint/pickle.h"
+
+namespace fabric {
+namespace dcp {
+namespace {
+
+constexpr char kMetadataModule[] = "torch.distributed.checkpoint.metadata";
+constexpr char kFilesystemModule[] = "torch.distributed.checkpoint.filesystem";
+
+// ---------------------------------------------------------------------------
+// Writing: the object shapes pickle.dump produces for these classes.
+
+Value NewDict() { return Value::MakeDict(); }
+
+// Appends without the key lookup Dict::Set does: keys here are unique by
+// construction, and a linear scan per insert of Object keys (storage_data)
+// would be quadratic.
+void Append(Value& dict, Value key, Value value) {
+  dict.as_dict().mutable_items().emplace_back(std::move(key), std::move(value));
+}
+
+// A dataclass instance: cls.__new__(cls) (NEWOBJ with no args), then
+// __dict__.update(state) (BUILD) when it has state.
+Value Dataclass(const char* module, const char* name, std::optional<Value> state) {
+  Object o;
+  o.callable = Global{module, name};
+  o.args = std::make_shared<std::vector<Value>>();
+  o.newobj = true;
+  if (state) o.state = std::make_shared<Value>(*std::move(state));
+  return Value(std::move(o));
+}
+
+// callable(*args) (REDUCE).
+Value Call(const char* module, const char* name, std::vector<Value> args) {
+  Object o;
+  o.callable = Global{module, name};
+  o.args = std::make_shared<std::vector<Value>>(std::move(args));
+  return Value(std::move(o));
+}
+
+Value IntTuple(const std::vector<int64_t>& v) {
+  std::vector<Value> items;
+  items.reserve(v.size());
+  for (int64_t x : v) items.emplace_back(x);
+  return Value::Tuple(std::move(items));
+}
+
+// torch.Size((a, b, ...)), as torch.Size.__reduce__ writes it.
+Value TorchSize(const std::vector<int64_t>& v) { return Call("torch", "Size", {IntTuple(v)}); }
+
+Value OptString(const std::optional<std::string>& s) { return s ? Value(*s) : Value(); }
+
+// pathlib.PosixPath(*parts), as PosixPath.__reduce__ writes it on Python 3.11.
+Value PosixPath(const std::string& path) {
+  std::vector<Value> parts;
+  size_t i = 0;
+  if (!path.empty() && path[0] == '/') {
+    parts.emplace_back("/");
+    i = 1;
+  }
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    if (j > i && path.compare(i, j - i, ".") != 0) parts.emplace_back(path.substr(i, j - i));
+    i = j + 1;
+  }
+  return Call("pathlib", "PosixPath", std::move(parts));
+}
+
+absl::StatusOr<Value> PropertiesToValue(const TensorProperties& p) {
+  std::optional<std::string> dtype = DtypeName(p.dtype);
+  if (!dtype) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dtype ", c10::toString(p.dtype), " has no torch.<name> in Python"));
+  }
+  std::string layout = p.layout.empty() ? "torch.strided" : p.layout;
+  Value state = Value::Tuple({
+      Value(Global{"torch", *dtype}),
+      Call("torch.serialization", "_get_layout", {Value(layout)}),
+      Value(p.requires_grad),
+      Call(kMetadataModule, "_MEM_FORMAT_ENCODING", {Value(static_cast<int>(p.memory_format))}),
+      Value(p.pin_memory),
+  });
+  return Dataclass(kMetadataModule, "TensorProperties", std::move(state));
+}
+
+Value ChunkToValue(const ChunkStorageMetadata& c) {
+  Value state = NewDict();
+  Append(state, "offsets", TorchSize(c.offsets));
+  Append(state, "sizes", TorchSize(c.sizes));
+  return Dataclass(kMetadataModule, "ChunkStorageMetadata", std::move(state));
+}
+
+absl::StatusOr<Value> StorageMetadataToValue(const StorageMetadata& md) {
+  if (std::holds_alternative<BytesStorageMetadata>(md)) {
+    return Dataclass(kMetadataModule, "BytesStorageMetadata", std::nullopt);
+  }
+  const auto& t = std::get<TensorStorageMetadata>(md);
+  absl::StatusOr<Value> props = PropertiesToValue(t.properties);
+  if (!props.ok()) return props.status();
+  std::vector<Value> chunks;
+  chunks.reserve(t.chunks.size());
+  for (const auto& c : t.chunks) chunks.push_back(ChunkToValue(c));
+  Value state = NewDict();
+  Append(state, "properties", *std::move(props));
+  Append(state, "size", TorchSize(t.size));
+  Append(state, "chunks", Value::List(std::move(chunks)));
+  return Dataclass(kMetadataModule, "TensorStorageMetadata", std::move(state));
+}
+
+Value IndexToValue(const MetadataIndex& index) {
+  // MetadataIndex.__init__ sets fqn, index, then offset only when given.
+  Value state = NewDict();
+  Append(state, "fqn", index.fqn);
+  Append(state, "index", index.index ? Value(*index.index) : Value());
+  if (index.offset) Append(state, "offset", TorchSize(*index.offset));
+  return Dataclass(kMetadataModule, "MetadataIndex", std::move(state));
+}
+
+Value StorageInfoToValue(const StorageInfo& info) {
+  // _StorageInfo.__getstate__ drops None fields.
+  Value state = NewDict();
+  Append(state, "relative_path", info.relative_path);
+  Append(state, "offset", info.offset);
+  Append(state, "length", info.length);
+  if (info.transform_descriptors) {
+    std::vector<Value> items(info.transform_descriptors->begin(),
+                             info.transform_descriptors->end());
+    Append(state, "transform_descriptors", Value::List(std::move(items)));
+  }
+  return Dataclass(kFilesystemModule, "_StorageInfo", std::move(state));
+}
+
+Value StorageMetaToValue(const StorageMeta& m) {
+  Value state = NewDict();
+  Append(state, "checkpoint_id", m.checkpoint_id ? PosixPath(*m.checkpoint_id) : Value());
+  Append(state, "save_id", OptString(m.save_id));
+  Append(state, "load_id", OptString(m.load_id));
+  std::vector<Value> modules(m.modules.begin(), m.modules.end());
+  Append(state, "modules", Value::List(std::move(modules)));
+  return Dataclass(kMetadataModule, "StorageMeta", std::move(state));
+}
+
+Value PathToValue(const ObjectPath& path) {
+  std::vector<Value> items;
+  items.reserve(path.size());
+  for (const PathItem& p : path) {
+    if (const auto* s = std::get_if<std::string>(&p)) {
+      items.emplace_back(*s);
+    } else {
+      items.emplace_back(std::get<int64_t>(p));
+    }
+  }
+  return Value::Tuple(std::move(items));
+}
+
+// ---------------------------------------------------------------------------
+// Reading. Lenient where Python versions differ, strict about types.
+
+class Parser {
+ public:
+  explicit Parser(std::string what) : what_(std::move(what)) {}
+
+  absl::Status Error(const std::string& where, const std::string& msg) const {
+    return absl::DataLossError(absl::StrCat(what_, ": ", where, ": ", msg));
+  }
+
+  // The instance dict of a dataclass object of class `name`.
+  absl::StatusOr<const Dict*> DataclassState(const Value& v, const std::string& name,
+                                              const std::string& where) const {
+    if (!v.is_object()) {
+      return Error(where, absl::StrCat("expected a ", name, " object, found ", v.kind_name()));
+    }
+    const Object& o = v.as_object();
+    if (o.callable.name != name) {
+      return Error(where,
+                   absl::StrCat("expected a ", name, " object, found ", o.callable.ToString()));
+    }
+    static const Dict kEmpty;
+    if (!o.state || o.state->is_none()) return &kEmpty;
+    if (o.state->is_dict()) return &o.state->as_dict();
+    // (dict_state, slots_state) as copyreg writes for classes with __slots__.
+    if (o.state->is_tuple() && o.state->items().size() == 2 && o.state->items()[0].is_dict()) {
+      return &o.state->items()[0].as_dict();
+    }
+    return Error(where, absl::StrCat(name, " has an unexpected state (", o.state->kind_name(),
+                                     ")"));
+  }
+
+  // A torch.Size, tuple or list of ints.
+  absl::StatusOr<std::vector<int64_t>> IntList(const Value& v, const std::string& where) const {
+    const Value* seq = &v;
+    if (v.is_object()) {
+      const Object& o = v.as_object();
+      if (o.callable.name != "Size" || o.args->size() != 1) {
+        return Error(where, absl::StrCat("expected a torch.Size, found ", o.callable.ToString()));
+      }
+      seq = &(*o.args)[0];
+    }
+    if (!seq->is_sequence()) {
+      return Error(where, absl::StrCat("expected a torch.Size, found ", seq->kind_name()));
+    }
+    std::vector<int64_t> out;
+    out.reserve(seq->items().size());
+    for (const Value& x : seq->items()) {
+      if (!x.is_int()) {
+        return Error(where, absl::StrCat("expected ints in a torch.Size, found ", x.kind_name()));
+      }
+      out.push_back(x.as_int());
+    }
+    return out;
+  }
+
+  absl::StatusOr<std::optional<std::string>> OptString(const Dict& d, const char* key,
+                                                       const std::string& where) const {
+    const Value* v = d.Find(key);
+    if (!v || v->is_none()) return std::optional<std::string>();
+    if (!v->is_string()) {
+      return Error(where, absl::StrCat("'", key, "' is a ", v->kind_name(), ", not a string"));
+    }
+    return std::optional<std::string>(v->as_string());
+  }
+
+  absl::StatusOr<int64_t> Int(const Dict& d, const char* key, const std::string& where) const {
+    const Value* v = d.Find(key);
+    if (!v || !v->is_int()) {
+      return Error(where, absl::StrCat("'", key, "' is ", v ? v->kind_name() : "missing",
+                                       ", not an int"));
+    }
+    return v->as_int();
+  }
+
+  absl::StatusOr<bool> Bool(const Value& v, const std::string& where) const {
+    if (v.is_bool()) return v.as_bool();
+    if (v.is_int()) return v.as_int() != 0;
+    return Error(where, absl::StrCat("expected a bool, found ", v.kind_name()));
+  }
+
+  absl::StatusOr<at::ScalarType> Dtype(const Value& v, const std::string& where) const {
+    if (v.is_global() && v.as_global().module == "torch") {
+      if (std::optional<at::ScalarType> t = DtypeFromName(v.as_global().name)) return *t;
+    }
+    return Error(where, absl::StrCat("unsupported dtype ", v.DebugString()));
+  }
+
+  absl::StatusOr<std::string> Layout(const Value& v, const std::string& where) const {
+    // torch.serialization._get_layout("torch.strided"), or a bare global.
+    if (v.is_object() && v.as_object().callable.name == "_get_layout" &&
+        v.as_object().args->size() == 1 && (*v.as_object().args)[0].is_string()) {
+      return (*v.as_object().args)[0].as_string();
+    }
+    if (v.is_global()) return v.as_global().ToString();
+    if (v.is_string()) return v.as_string();
+    return Error(where, absl::StrCat("unsupported layout ", v.DebugString()));
+  }
+
+  absl::StatusOr<MemoryFormat> MemFormat(const Value& v, const std::string& where) const {
+    const Value* code = &v;
+    if (v.is_object() && v.as_object().callable.name == "_MEM_FORMAT_ENCODING" &&
+        v.as_object().args->size() == 1) {
+      code = &(*v.as_object().args)[0];
+    }
+    if (code->is_int() && code->as_int() >= 0 && code->as_int() <= 2) {
+      return static_cast<MemoryFormat>(code->as_int());
+    }
+    return Error(where, absl::StrCat("unsupported memory format ", v.DebugString()));
+  }
+
+  absl::StatusOr<TensorProperties> Properties(const Value& v, const std::string& where) const {
+    if (!v.is_object() || v.as_object().callable.name != "TensorProperties") {
+      return Error(where, absl::StrCat("expected TensorProperties, found ", v.DebugString()));
+    }
+    const Object& o = v.as_object();
+    TensorProperties p;
+    if (o.state && o.state->is_tuple()) {
+      // __getstate__: (dtype, layout, requires_grad, memory format code, pin_memory)
+      const auto& t = o.state->items();
+      if (t.size() != 5) {
+        return Error(where, absl::StrCat("TensorProperties state has ", t.size(),
+                                         " fields, expected 5"));
+      }
+      absl::StatusOr<at::ScalarType> dtype = Dtype(t[0], where);
+      if (!dtype.ok()) return dtype.status();
+      absl::StatusOr<std::string> layout = Layout(t[1], where);
+      if (!layout.ok()) return layout.status();
+      absl::StatusOr<bool> grad = Bool(t[2], where);
+      if (!grad.ok()) return grad.status();
+      absl::StatusOr<MemoryFormat> mf = MemFormat(t[3], where);
+      if (!mf.ok()) return mf.status();
+      absl::StatusOr<bool> pin = Bool(t[4], where);
+      if (!pin.ok()) return pin.status();
+      p.dtype = *dtype;
+      p.layout = *std::move(layout);
+      p.requires_grad = *grad;
+      p.memory_format = *mf;
+      p.pin_memory = *pin;
+      return p;
+    }
+    // Older torch pickled the instance dict.
+    absl::StatusOr<const Dict*> d = DataclassState(v, "TensorProperties", where);
+    if (!d.ok()) return d.status();
+    const Value* dtype = (*d)->Find("dtype");
+    if (!dtype) return Error(where, "TensorProperties has no dtype");
+    absl::StatusOr<at::ScalarType> dt = Dtype(*dtype, where);
+    if (!dt.ok()) return dt.status();
+    p.dtype = *dt;
+    if (const Value* l = (*d)->Find("layout")) {
+      absl::StatusOr<std::string> layout = Layout(*l, where);
+      if (!layout.ok()) return layout.status();
+      p.layout = *std::move(layout);
+    }
+    if (const Value* g = (*d)->Find("requires_grad")) {
+      absl::StatusOr<bool> b = Bool(*g, where);
+      if (!b.ok()) return b.status();
+      p.requires_grad = *b;
+    }
+    if (const Value* pin = (*d)->Find("pin_memory")) {
+      absl::StatusOr<bool> b = Bool(*pin, where);
+      if (!b.ok()) return b.status();
+      p.pin_memory = *b;
+    }
+    return p;
+  }
+
+  absl::StatusOr<ChunkStorageMetadata> Chunk(const Value& v, const std::string& where) const {
+    absl::StatusOr<const Dict*> d = DataclassState(v, "ChunkStorageMetadata", where);
+    if (!d.ok()) return d.status();
+    const Value* offsets = (*d)->Find("offsets");
+    const Value* sizes = (*d)->Find("sizes");
+    if (!offsets || !sizes) return Error(where, "chunk without offsets or sizes");
+    ChunkStorageMetadata c;
+    absl::StatusOr<std::vector<int64_t>> o = IntList(*offsets, where);
+    if (!o.ok()) return o.status();
+    absl::StatusOr<std::vector<int64_t>> s = IntList(*sizes, where);
+    if (!s.ok()) return s.status();
+    if (o->size() != s->size()) return Error(where, "chunk offsets and sizes differ in rank");
+    for (int64_t x : *s) {
+      if (x < 0) return Error(where, "chunk with a negative size");
+    }
+    c.offsets = *std::move(o);
+    c.sizes = *std::move(s);
+    return c;
+  }
+
+  absl::StatusOr<StorageMetadata> Storage(const Value& v, const std::string& fqn) const {
+    const std::string where = absl::StrCat("state_dict_metadata['", fqn, "']");
+    if (!v.is_object()) {
+      return Error(where, absl::StrCat("expected a storage metadata object, found ",
+                                       v.kind_name()));
+    }
+    const std::string& cls = v.as_object().callable.name;
+    if (cls == "BytesStorageMetadata") return StorageMetadata(BytesStorageMetadata{});
+    absl::StatusOr<const Dict*> d = DataclassState(v, "TensorStorageMetadata", where);
+    if (!d.ok()) return d.status();
+    TensorStorageMetadata t;
+    const Value* props = (*d)->Find("properties");
+    const Value* size = (*d)->Find("size");
+    const Value* chunks = (*d)->Find("chunks");
+    if (!props || !size || !chunks) {
+      return Error(where, "TensorStorageMetadata needs properties, size and chunks");
+    }
+    absl::StatusOr<TensorProperties> p = Properties(*props, where);
+    if (!p.ok()) return p.status();
+    t.properties = *std::move(p);
+    absl::StatusOr<std::vector<int64_t>> s = IntList(*size, where);
+    if (!s.ok()) return s.status();
+    t.size = *std::move(s);
+    for (int64_t x : t.size) {
+      if (x < 0) return Error(where, "negative tensor size");
+    }
+    if (!chunks->is_sequence()) return Error(where, "chunks is not a list");
+    for (const Value& c : chunks->items()) {
+      absl::StatusOr<ChunkStorageMetadata> chunk = Chunk(c, where);
+      if (!chunk.ok()) return chunk.status();
+      if (chunk->offsets.size() != t.size.size()) {
+        return Error(where, absl::StrCat("a chunk has rank ", chunk->offsets.size(),
+                                         " but the tensor has rank ", t.size.size()));
+      }
+      t.chunks.push_back(*std::move(chunk));
+    }
+    return StorageMetadata(std::move(t));
+  }
+
+  absl::StatusOr<MetadataIndex> Index(const Value& v) const {
+    absl::StatusOr<const Dict*> d = DataclassState(v, "MetadataIndex", "storage_data key");
+    if (!d.ok()) return d.status();
+    MetadataIndex index;
+    const Value* fqn = (*d)->Find("fqn");
+    if (!fqn || !fqn->is_string()) return Error("storage_data key", "MetadataIndex without fqn");
+    index.fqn = fqn->as_string();
+    const std::string where = absl::StrCat("storage_data['", index.fqn, "']");
+    if (const Value* off = (*d)->Find("offset"); off && !off->is_none()) {
+      absl::StatusOr<std::vector<int64_t>> o = IntList(*off, where);
+      if (!o.ok()) return o.status();
+      index.offset = *std::move(o);
+    }
+    if (const Value* i = (*d)->Find("index"); i && !i->is_none()) {
+      if (!i->is_int()) return Error(where, "MetadataIndex.index is not an int");
+      index.index = i->as_int();
+    }
+    return index;
+  }
+
+  absl::StatusOr<StorageInfo> Info(const Value& v, const std::string& fqn) const {
+    const std::string where = absl::StrCat("storage_data['", fqn, "']");
+    absl::StatusOr<const Dict*> d = DataclassState(v, "_StorageInfo", where);
+    if (!d.ok()) return d.status();
+    StorageInfo info;
+    const Value* path = (*d)->Find("relative_path");
+    if (!path || !path->is_string()) return Error(where, "_StorageInfo without relative_path");
+    info.relative_path = path->as_string();
+    absl::StatusOr<int64_t> offset = Int(**d, "offset", where);
+    if (!offset.ok()) return offset.status();
+    absl::StatusOr<int64_t> length = Int(**d, "length", where);
+    if (!length.ok()) return length.status();
+    if (*offset < 0 || *length < 0) return Error(where, "negative offset or length");
+    info.offset = *offset;
+    info.length = *length;
+    if (const Value* t = (*d)->Find("transform_descriptors"); t && !t->is_none()) {
+      if (!t->is_sequence()) return Error(where, "transform_descriptors is not a list");
+      std::vector<std::string> descs;
+      for (const Value& x : t->items()) {
+        if (!x.is_string()) return Error(where, "transform_descriptors holds a non-string");
+        descs.push_back(x.as_string());
+      }
+      info.transform_descriptors = std::move(descs);
+    }
+    return info;
+  }
+
+  absl::StatusOr<std::optional<std::string>> Path(const Value& v) const {
+    if (v.is_none()) return std::optional<std::string>();
+    if (v.is_string()) return std::optional<std::string>(v.as_string());
+    if (v.is_object() && v.as_object().callable.module == "pathlib") {
+      std::string out;
+      for (const Value& part : *v.as_object().args) {
+        if (!part.is_string()) return Error("storage_meta", "a path part is not a string");
+        const std::string& s = part.as_string();
+        if (!out.empty() && out.back() != '/') out += '/';
+        out += s;
+      }
+      return std::optional<std::string>(out);
+    }
+    return Error("storage_meta", absl::StrCat("unsupported checkpoint_id ", v.DebugString()));
+  }
+
+  absl::StatusOr<StorageMeta> Meta(const Value& v) const {
+    absl::StatusOr<const Dict*> d = DataclassState(v, "StorageMeta", "storage_meta");
+    if (!d.ok()) return d.status();
+    StorageMeta m;
+    if (const Value* id = (*d)->Find("checkpoint_id")) {
+      absl::StatusOr<std::optional<std::string>> p = Path(*id);
+      if (!p.ok()) return p.status();
+      m.checkpoint_id = *std::move(p);
+    }
+    absl::StatusOr<std::optional<std::string>> save = OptString(**d, "save_id", "storage_meta");
+    if (!save.ok()) return save.status();
+    absl::StatusOr<std::optional<std::string>> load = OptString(**d, "load_id", "storage_meta");
+    if (!load.ok()) return load.status();
+    m.save_id = *std::move(save);
+    m.load_id = *std::move(load);
+    if (const Value* mods = (*d)->Find("modules"); mods && mods->is_sequence()) {
+      for (const Value& x : mods->items()) {
+        if (!x.is_string()) return Error("storage_meta", "modules holds a non-string");
+        m.modules.push_back(x.as_string());
+      }
+    }
+    return m;
+  }
+
+  // planner_data as flatten_state_dict's mapping, or nullopt if it is not one.
+  std::optional<std::vector<std::pair<std::string, ObjectPath>>> Mapping(const Value& v) const {
+    if (!v.is_dict()) return std::nullopt;
+    std::vector<std::pair<std::string, ObjectPath>> out;
+    out.reserve(v.as_dict().size());
+    for (const auto& [k, path] : v.as_dict()) {
+      if (!k.is_string() || !path.is_sequence()) return std::nullopt;
+      ObjectPath p;
+      for (const Value& item : path.items()) {
+        if (item.is_string()) {
+          p.emplace_back(item.as_string());
+        } else if (item.is_int()) {
+          p.emplace_back(item.as_int());
+        } else {
+          return std::nullopt;
+        }
+      }
+      out.emplace_back(k.as_string(), std::move(p));
+    }
+    return out;
+  }
+
+ private:
+  std::string what_;
+};
+
+}  // namespace
+
+std::string RankFileName(int rank, int file_index) {
+  return absl::StrCat("__", rank, "_", file_index, ".distcp");
+}
+
+int64_t ChunkStorageMetadata::numel() const {
+  int64_t n = 1;
+  for (int64_t s : sizes) n *= s;
+  return n;
+}
+
+const StorageMetadata* Metadata::Find(const std::string& fqn) const {
+  for (const auto& [k, v] : state_dict_metadata) {
+    if (k == fqn) return &v;
+  }
+  return nullptr;
+}
+
+const StorageInfo* Metadata::FindStorage(const MetadataIndex& index) const {
+  for (const auto& [k, v] : storage_data) {
+    if (k == index) return &v;
+  }
+  return nullptr;
+}
+
+std::string FlattenedKey(const ObjectPath& path) {
+  std::string out;
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (i > 0) out += '.';
+    if (const auto* s = std::get_if<std::string>(&path[i])) {
+      out += *s;
+    } else {
+      absl::StrAppend(&out, std::get<int64_t>(path[i]));
+    }
+  }
+  return out;
+}
+
+namespace {
+
+constexpr int kMaxFlattenDepth = 200;
+
+std::string PyStr(const Value& k) {
+  if (k.is_string()) return k.as_string();
+  if (k.is_bool()) return k.as_bool() ? "True" : "False";
+  if (k.is_int()) return absl::StrCat(k.as_int());
+  return k.DebugString();
+}
+
+// traverse_state_dict's _is_terminal.
+bool IsTerminal(const Value& v, int depth) {
+  if (v.is_dict()) return false;
+  if (!v.is_list()) return true;
+  if (depth > kMaxFlattenDepth) return true;  // reported by the walk
+  for (const Value& e : v.items()) {
+    if ((e.is_dict() || e.is_list()) && !IsTerminal(e, depth + 1)) return false;
+    if (e.is_tensor() || e.is_tensor_ref()) return false;
+  }
+  return true;
+}
+
+absl::Status Walk(const ObjectPath& path, const Value& v, int depth,
+                  std::vector<FlatEntry>* out, std::unordered_map<std::string, size_t>* seen) {
+  if (depth > kMaxFlattenDepth) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("state dict nested deeper than ", kMaxFlattenDepth, " at '",
+                     FlattenedKey(path), "'"));
+  }
+  if (IsTerminal(v, depth)) {
+    std::string key = FlattenedKey(path);
+    if (!seen->emplace(key, out->size()).second) {
+      return absl::InvalidArgumentError(absl::StrCat("duplicated flatten key '", key, "'"));
+    }
+    out->push_back(FlatEntry{std::move(key), path, v});
+    return absl::OkStatus();
+  }
+  ObjectPath child = path;
+  child.emplace_back(int64_t{0});
+  if (v.is_dict()) {
+    for (const auto& [k, item] : v.as_dict()) {
+      child.back() = PyStr(k);
+      if (absl::Status s = Walk(child, item, depth + 1, out, seen); !s.ok()) return s;
+    }
+  } else {
+    for (size_t i = 0; i < v.items().size(); ++i) {
+      child.back() = static_cast<int64_t>(i);
+      if (absl::Status s = Walk(child, v.items()[i], depth + 1, out, seen); !s.ok()) return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<FlatEntry>> FlattenStateDict(const Value& state_dict) {
+  if (!state_dict.is_dict()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a state dict must be a dict, not ", state_dict.kind_name()));
+  }
+  std::vector<FlatEntry> out;
+  std::unordered_map<std::string, size_t> seen;
+  for (const auto& [k, v] : state_dict.as_dict()) {
+    if (absl::Status s = Walk({PyStr(k)}, v, 0, &out, &seen); !s.ok()) return s;
+  }
+  return out;
+}
+
+absl::StatusOr<Value> UnflattenStateDict(const std::vector<FlatEntry>& entries) {
+  Value root = Value::MakeDict();
+  for (const FlatEntry& e : entries) {
+    if (e.path.empty()) return absl::InvalidArgumentError("empty path for key '" + e.key + "'");
+    auto conflict = [&]() {
+      return absl::InvalidArgumentError(
+          absl::StrCat("key '", e.key, "' conflicts with another key's path"));
+    };
+    Value* cur = &root;
+    for (size_t i = 0; i < e.path.size(); ++i) {
+      const PathItem& item = e.path[i];
+      const bool last = i + 1 == e.path.size();
+      Value fresh;
+      if (!last) {
+        fresh = std::holds_alternative<std::string>(e.path[i + 1]) ? Value::MakeDict()
+                                                                   : Value::List();
+      } else {
+        fresh = e.value;
+      }
+      Value* next = nullptr;
+      if (const auto* s = std::get_if<std::string>(&item)) {
+        if (!cur->is_dict()) return conflict();
+        Dict& d = cur->as_dict();
+        next = d.Find(*s);
+        if (!next || last || next->is_none()) {
+          d.Set(*s, std::move(fresh));
+          next = d.Find(*s);
+        }
+      } else {
+        const int64_t idx = std::get<int64_t>(item);
+        if (!cur->is_list() || idx < 0 || idx > (int64_t{1} << 32)) return conflict();
+        std::vector<Value>& items = cur->items();
+        if (static_cast<int64_t>(items.size()) <= idx) items.resize(idx + 1);
+        next = &items[idx];
+        if (last || next->is_none()) *next = std::move(fresh);
+      }
+      cur = next;
+    }
+  }
+  return root;
+}
+
+absl::StatusOr<Value> ToValue(const Metadata& metadata) {
+  Value sdm = NewDict();
+  for (const auto& [fqn, md] : metadata.state_dict_metadata) {
+    absl::StatusOr<Value> v = StorageMetadataToValue(md);
+    if (!v.ok()) {
+      return absl::Status(v.status().code(), absl::StrCat("key '", fqn, "': ", v.status().message()));
+    }
+    Append(sdm, fqn, *std::move(v));
+  }
+  Value planner;
+  if (metadata.planner_data_other) {
+    planner = *metadata.planner_data_other;
+  } else if (metadata.planner_data) {
+    planner = NewDict();
+    for (const auto& [fqn, path] : *metadata.planner_data) Append(planner, fqn, PathToValue(path));
+  }
+  Value storage = NewDict();
+  for (const auto& [index, info] : metadata.storage_data) {
+    Append(storage, IndexToValue(index), StorageInfoToValue(info));
+  }
+  Value state = NewDict();
+  Append(state, "state_dict_metadata", std::move(sdm));
+  Append(state, "planner_data", std::move(planner));
+  Append(state, "storage_data", std::move(storage));
+  Append(state, "storage_meta",
+         metadata.storage_meta ? StorageMetaToValue(*metadata.storage_meta) : Value());
+  Append(state, "version", OptString(metadata.version));
+  return Dataclass(kMetadataModule, "Metadata", std::move(state));
+}
+
+absl::StatusOr<Metadata> FromValue(const Value& value, const std::string& what) {
+  Parser p(what);
+  absl::StatusOr<const Dict*> d = p.DataclassState(value, "Metadata", "root");
+  if (!d.ok()) return d.status();
+  Metadata md;
+  const Value* sdm = (*d)->Find("state_dict_metadata");
+  if (!sdm || !sdm->is_dict()) return p.Error("root", "state_dict_metadata is not a dict");
+  md.state_dict_metadata.reserve(sdm->as_dict().size());
+  for (const auto& [k, v] : sdm->as_dict()) {
+    if (!k.is_string()) return p.Error("state_dict_metadata", "a key is not a string");
+    absl::StatusOr<StorageMetadata> s = p.Storage(v, k.as_string());
+    if (!s.ok()) return s.status();
+    md.state_dict_metadata.emplace_back(k.as_string(), *std::move(s));
+  }
+  if (const Value* planner = (*d)->Find("planner_data"); planner && !planner->is_none()) {
+    md.planner_data = p.Mapping(*planner);
+    if (!md.planner_data) md.planner_data_other = *planner;
+  }
+  if (const Value* storage = (*d)->Find("storage_data"); storage && !storage->is_none()) {
+    if (!storage->is_dict()) return p.Error("root", "storage_data is not a dict");
+    md.storage_data.reserve(storage->as_dict().size());
+    for (const auto& [k, v] : storage->as_dict()) {
+      absl::StatusOr<MetadataIndex> index = p.Index(k);
+      if (!index.ok()) return index.status();
+      absl::StatusOr<StorageInfo> info = p.Info(v, index->fqn);
+      if (!info.ok()) return info.status();
+      md.storage_data.emplace_back(*std::move(index), *std::move(info));
+    }
+  }
+  if (const Value* meta = (*d)->Find("storage_meta"); meta && !meta->is_none()) {
+    absl::StatusOr<StorageMeta> m = p.Meta(*meta);
+    if (!m.ok()) return m.status();
+    md.storage_meta = *std::move(m);
+  }
+  absl::StatusOr<std::optional<std::string>> version = p.OptString(**d, "version", "root");
+  if (!version.ok()) return version.status();
+  md.version = *std::move(version);
+  return md;
+}
+
+absl::StatusOr<std::string> SerializeMetadata(const Metadata& metadata) {
+  absl::StatusOr<Value> v = ToValue(metadata);
+  if (!v.ok()) return v.status();
+  return pickle::Pickle(*v, /*protocol=*/4);
+}
+
+absl::StatusOr<Metadata> ParseMetadata(std::string_view bytes, const std::string& what) {
+  absl::StatusOr<Value> v = pickle::Unpickle(bytes, what);
+  if (!v.ok()) return v.status();
+  return FromValue(*v, what);
+}
+
+}  // namespace dcp
+}  // namespace fabric

@@ -1,0 +1,163 @@
+// Single-file checkpoint throughput: our TorchSave / TorchFile loads against
+// Python's torch.save / torch.load on the same state and the disk's raw
+// O_DIRECT write bandwidth, all measured in the same run.
+//
+//   bazel run -c opt //checkpoint:torch_save_benchmark -- [--gib=2] [--dir=/tmp]
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "checkpoint/torch_save.h"
+#include "checkpoint/value.h"
+
+namespace fabric {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
+
+void DropCache(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  fdatasync(fd);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  close(fd);
+}
+
+// dd-style: aligned 16 MiB blocks through O_DIRECT, then fsync.
+double RawDirectWriteGBs(const std::string& path, uint64_t bytes) {
+  constexpr size_t kBlock = 16 << 20;
+  void* buf = nullptr;
+  if (posix_memalign(&buf, 4096, kBlock) != 0) return 0;
+  std::memset(buf, 0x5a, kBlock);
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT, 0644);
+  bool direct = fd >= 0;
+  if (!direct) fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  auto t0 = Clock::now();
+  for (uint64_t done = 0; done < bytes; done += kBlock) {
+    if (write(fd, buf, kBlock) != static_cast<ssize_t>(kBlock)) break;
+  }
+  fsync(fd);
+  const double s = Seconds(t0);
+  close(fd);
+  free(buf);
+  unlink(path.c_str());
+  if (!direct) std::printf("  (O_DIRECT unsupported here: raw figure is buffered)\n");
+  return bytes / s / 1e9;
+}
+
+// About `gib` GiB: many small tensors (a transformer's norms and biases) and a
+// few large ones (embeddings, big matrices).
+Dict MakeState(double gib) {
+  const int64_t total = static_cast<int64_t>(gib * (1ll << 30));
+  Dict d;
+  int64_t used = 0;
+  int i = 0;
+  for (; used < total / 4; ++i) {  // 25%: 4 KiB .. 1 MiB tensors
+    const int64_t n = 1024 << (i % 9);
+    d.Set(absl::StrCat("small.", i), at::randn({n}));
+    used += n * 4;
+  }
+  for (int j = 0; used < total; ++j) {  // 75%: 256 MiB tensors
+    const int64_t n = std::min<int64_t>(64 << 20, (total - used) / 4);
+    d.Set(absl::StrCat("large.", j), at::randn({n}));
+    used += n * 4;
+  }
+  return d;
+}
+
+double GB(uint64_t b) { return b / 1e9; }
+
+}  // namespace
+}  // namespace fabric
+
+int main(int argc, char** argv) {
+  using namespace fabric;
+  double gib = 2.0;
+  std::string dir = "/tmp";
+  std::string python;
+  std::string script;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--gib=", 0) == 0) gib = std::stod(a.substr(6));
+    else if (a.rfind("--dir=", 0) == 0) dir = a.substr(6);
+    else if (a.rfind("--python=", 0) == 0) python = a.substr(9);
+    else if (a.rfind("--script=", 0) == 0) script = a.substr(9);
+    else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
+  }
+  at::set_num_threads(1);
+  std::printf("building %.2f GiB of tensors...\n", gib);
+  Dict state = MakeState(gib);
+  const uint64_t bytes = StorageBytes(Value(state));
+  std::printf("state: %zu tensors, %.3f GB\n", state.size(), GB(bytes));
+
+  const std::string ours = dir + "/fabric_bench_ours.pt";
+  const std::string theirs = dir + "/fabric_bench_python.pt";
+  const double raw = RawDirectWriteGBs(dir + "/fabric_bench_raw.bin", bytes);
+
+  auto t0 = Clock::now();
+  absl::Status s = TorchSave(ours, Value(state));
+  const double save_s = Seconds(t0);
+  if (!s.ok()) { std::fprintf(stderr, "save failed: %s\n", std::string(s.message()).c_str()); return 1; }
+
+  DropCache(ours);
+  t0 = Clock::now();
+  auto loaded = TorchLoad(ours);
+  const double load_s = Seconds(t0);
+  if (!loaded.ok()) { std::fprintf(stderr, "load failed\n"); return 1; }
+  const bool same = *loaded == Value(state);
+  loaded = absl::InternalError("freed");
+
+  // Loading into existing tensors (what restoring a model does).
+  DropCache(ours);
+  t0 = Clock::now();
+  auto file = TorchFile::Open(ours);
+  for (const auto& [k, v] : (*file)->root().as_dict()) {
+    at::Tensor dst = state.Find(k.as_string())->as_tensor();
+    if (!(*file)->ReadInto(v.as_tensor_ref(), dst).ok()) return 1;
+  }
+  const double into_s = Seconds(t0);
+
+  double py_load = 0, py_save = 0;
+  if (!python.empty()) {
+    DropCache(ours);
+    const std::string out = dir + "/fabric_bench_py.json";
+    const std::string cmd = absl::StrCat(python, " ", script, " ", ours, " ", theirs, " > ", out);
+    if (std::system(cmd.c_str()) == 0) {
+      FILE* f = std::fopen(out.c_str(), "r");
+      if (f && std::fscanf(f, "{\"torch_load_s\": %lf, \"torch_save_s\": %lf}", &py_load, &py_save) != 2) {
+        py_load = py_save = 0;
+      }
+      if (f) std::fclose(f);
+    }
+  }
+  std::printf("\n%-34s %10s %10s\n", "", "seconds", "GB/s");
+  std::printf("%-34s %10s %10.3f\n", "raw O_DIRECT write (dd-style)", "", raw);
+  std::printf("%-34s %10.3f %10.3f   (%.0f%% of raw)\n", "fabric TorchSave", save_s,
+              GB(bytes) / save_s, 100 * GB(bytes) / save_s / raw);
+  if (py_save > 0) {
+    std::printf("%-34s %10.3f %10.3f   (ours %.2fx)\n", "python torch.save + fsync", py_save,
+                GB(bytes) / py_save, py_save / save_s);
+  }
+  std::printf("%-34s %10.3f %10.3f\n", "fabric TorchLoad (cold cache)", load_s, GB(bytes) / load_s);
+  std::printf("%-34s %10.3f %10.3f\n", "fabric load into tensors (cold)", into_s, GB(bytes) / into_s);
+  if (py_load > 0) {
+    std::printf("%-34s %10.3f %10.3f   (ours %.2fx)\n", "python torch.load (cold cache)", py_load,
+                GB(bytes) / py_load, py_load / load_s);
+  }
+  std::printf("round trip bit-exact: %s\n", same ? "yes" : "NO");
+  unlink(ours.c_str());
+  unlink(theirs.c_str());
+  return same ? 0 : 1;
+}

@@ -1,0 +1,604 @@
+#include "strategies/process_group.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+#ifdef FABRIC_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "strategies/status_macros.h"
+
+namespace fabric::strategies {
+namespace {
+
+std::chrono::milliseconds ToChrono(absl::Duration d) {
+  return std::chrono::milliseconds(absl::ToInt64Milliseconds(d));
+}
+
+// The message of an exception from c10d or Gloo, without LibTorch's C++
+// backtrace.
+std::string ExceptionMessage(const std::exception& e) {
+  std::string text;
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) {
+    text = c10_error->what_without_backtrace();
+  } else {
+    text = e.what();
+  }
+  size_t trace = text.find("\nException raised from");
+  if (trace != std::string::npos) text.resize(trace);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  if (text.size() > 600) text = text.substr(0, 600) + "...";
+  return text;
+}
+
+c10d::ReduceOp ToC10d(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg:  // Gloo has no AVG everywhere: SUM, then divide.
+      return c10d::ReduceOp::SUM;
+    case ReduceOp::kMin:
+      return c10d::ReduceOp::MIN;
+    case ReduceOp::kMax:
+      return c10d::ReduceOp::MAX;
+  }
+  return c10d::ReduceOp::SUM;
+}
+
+absl::string_view OpName(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kAvg:
+      return "avg";
+    case ReduceOp::kMin:
+      return "min";
+    case ReduceOp::kMax:
+      return "max";
+  }
+  return "?";
+}
+
+std::string DescribeTensor(const at::Tensor& t) {
+  return absl::StrCat(HumanBytes(t.numel() * static_cast<int64_t>(t.element_size())), " (",
+                      c10::getDtypeNames(t.scalar_type()).first, "[",
+                      absl::StrJoin(t.sizes(), ","), "])");
+}
+
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
+}
+
+struct Arrival {
+  int64_t seq = -1;
+  std::string what;
+};
+
+}  // namespace
+
+std::string HumanBytes(int64_t bytes) {
+  constexpr int64_t kKiB = 1024, kMiB = kKiB * 1024, kGiB = kMiB * 1024;
+  auto fmt = [](double v, const char* unit) {
+    std::string s = absl::StrFormat("%.1f", v);
+    if (absl::EndsWith(s, ".0")) s.resize(s.size() - 2);
+    return absl::StrCat(s, " ", unit);
+  };
+  if (bytes >= kGiB) return fmt(static_cast<double>(bytes) / kGiB, "GiB");
+  if (bytes >= kMiB) return fmt(static_cast<double>(bytes) / kMiB, "MiB");
+  if (bytes >= kKiB) return fmt(static_cast<double>(bytes) / kKiB, "KiB");
+  return absl::StrCat(bytes, " B");
+}
+
+struct DistributedContext::Impl {
+  ClusterEnvironment cluster;
+  DistributedOptions options;
+  c10::Device device{c10::kCPU};
+  std::string backend_name;
+  c10::intrusive_ptr<c10d::Store> store;         // TCPStore, rank 0 hosts it.
+  c10::intrusive_ptr<c10d::Store> fabric_store;  // Our keys: progress records.
+  c10::intrusive_ptr<c10d::Backend> backend;
+
+  std::mutex mu;
+  int64_t seq = 0;
+  absl::Status broken;  // First failed collective: the group is unusable.
+
+  std::string StoreAddress() const {
+    return absl::StrCat(cluster.master_addr, ":", cluster.master_port);
+  }
+
+  std::string ProgressKey(int rank) const { return absl::StrCat("progress/", rank); }
+
+  // What each rank last started, from the store; nullopt where unreadable.
+  std::vector<std::optional<Arrival>> ReadProgress(std::string* store_error) {
+    std::vector<std::optional<Arrival>> out(cluster.world_size);
+    for (int r = 0; r < cluster.world_size; ++r) {
+      try {
+        if (!fabric_store->check({ProgressKey(r)})) continue;
+        std::vector<uint8_t> raw = fabric_store->get(ProgressKey(r));
+        std::string text(raw.begin(), raw.end());
+        std::pair<std::string, std::string> parts = absl::StrSplit(text, absl::MaxSplits(' ', 1));
+        Arrival a;
+        if (absl::SimpleAtoi(parts.first, &a.seq)) {
+          a.what = parts.second;
+          out[r] = a;
+        }
+      } catch (const std::exception& e) {
+        *store_error = ExceptionMessage(e);
+        break;
+      }
+    }
+    return out;
+  }
+
+  // Turns a failed collective into an error that names the missing ranks.
+  absl::Status Diagnose(int64_t my_seq, const std::string& what, const std::string& error) {
+    const bool timed_out = error.find("imed out") != std::string::npos ||
+                           error.find("imeout") != std::string::npos;
+    std::string store_error;
+    std::vector<int> behind;
+    std::vector<std::optional<Arrival>> progress;
+    // Peers that saw the failure a bit later may still be catching up.
+    const absl::Time settle =
+        absl::Now() + (timed_out ? absl::ZeroDuration() : options.diagnosis_grace);
+    do {
+      store_error.clear();
+      progress = ReadProgress(&store_error);
+      behind.clear();
+      for (int r = 0; r < cluster.world_size; ++r) {
+        if (r == cluster.rank) continue;
+        if (!progress[r].has_value() || progress[r]->seq < my_seq) behind.push_back(r);
+      }
+      if (behind.empty() || !store_error.empty() || absl::Now() >= settle) break;
+      absl::SleepFor(absl::Milliseconds(50));
+    } while (true);
+
+    std::string where;
+    if (!store_error.empty()) {
+      where = absl::StrCat(" (cannot read the ranks' progress from the TCPStore at ",
+                           StoreAddress(), " hosted by rank 0, which has probably exited: ",
+                           store_error, ")");
+    } else if (!behind.empty()) {
+      std::vector<std::string> names;
+      for (int r : behind) {
+        if (progress[r].has_value()) {
+          names.push_back(absl::StrCat("rank ", r, " (last seen at #", progress[r]->seq, " ",
+                                       progress[r]->what, ")"));
+        } else {
+          names.push_back(absl::StrCat("rank ", r, " (never seen)"));
+        }
+      }
+      where = absl::StrCat(" waiting for ", absl::StrJoin(names, ", "));
+    } else {
+      where = " (every rank had started it: a peer's connection was lost)";
+    }
+    std::string head = absl::StrCat("rank ", cluster.rank, ": ", what, " (collective #",
+                                    my_seq, ") ");
+    if (timed_out) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          head, "timed out after ", absl::FormatDuration(options.timeout), where, ": ", error));
+    }
+    return absl::UnavailableError(absl::StrCat(head, "failed", where, ": ", error));
+  }
+
+  absl::Status CheckUsable() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!broken.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "rank ", cluster.rank, ": the ", backend_name,
+          " process group is unusable after an earlier failure: ", broken.message()));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MarkBroken(absl::Status status) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (broken.ok()) broken = status;
+    return status;
+  }
+
+  absl::Status CheckTensor(const at::Tensor& t, absl::string_view what) const {
+    if (!t.defined()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": the tensor is undefined"));
+    }
+    if (t.device() != device) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": the tensor is on ", t.device().str(), " but the ", backend_name,
+          " process group of rank ", cluster.rank, " communicates tensors on ", device.str()));
+    }
+    if (!t.is_contiguous() || t.is_sparse()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": the tensor must be dense and contiguous"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::shared_ptr<PendingCollective::State>> Start(
+      std::string what, const std::function<c10::intrusive_ptr<c10d::Work>()>& start,
+      std::function<void()> then);
+};
+
+struct PendingCollective::State {
+  DistributedContext::Impl* impl = nullptr;
+  c10::intrusive_ptr<c10d::Work> work;
+  int64_t seq = 0;
+  std::string what;
+  std::function<void()> then;
+  bool done = false;
+  absl::Status status;
+};
+
+absl::StatusOr<std::shared_ptr<PendingCollective::State>> DistributedContext::Impl::Start(
+    std::string what, const std::function<c10::intrusive_ptr<c10d::Work>()>& start,
+    std::function<void()> then) {
+  FABRIC_RETURN_IF_ERROR(CheckUsable());
+  auto state = std::make_shared<PendingCollective::State>();
+  state->impl = this;
+  state->what = std::move(what);
+  state->then = std::move(then);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    state->seq = ++seq;
+  }
+  // Progress record: lets the survivors of a failure name the rank that
+  // never arrived. One small store write per collective.
+  try {
+    std::string record = absl::StrCat(state->seq, " ", state->what);
+    fabric_store->set(ProgressKey(cluster.rank), std::vector<uint8_t>(record.begin(), record.end()));
+  } catch (const std::exception& e) {
+    return MarkBroken(absl::UnavailableError(absl::StrCat(
+        "rank ", cluster.rank, ": ", state->what, " (collective #", state->seq,
+        "): cannot reach the TCPStore at ", StoreAddress(),
+        " hosted by rank 0, which has probably exited: ", ExceptionMessage(e))));
+  }
+  try {
+    state->work = start();
+  } catch (const std::exception& e) {
+    // Rejected before anything was sent (bad dtype, shape...): the caller's
+    // mistake, but the other ranks went ahead, so the group cannot be used.
+    return MarkBroken(absl::InvalidArgumentError(absl::StrCat(
+        "rank ", cluster.rank, ": ", state->what, " (collective #", state->seq,
+        ") was rejected by ", backend_name, ": ", ExceptionMessage(e))));
+  }
+  return state;
+}
+
+absl::Status PendingCollective::Wait() {
+  if (state_ == nullptr) return absl::FailedPreconditionError("no collective to wait for");
+  State& s = *state_;
+  if (s.done) return s.status;
+  s.done = true;
+  try {
+    // Gloo fails the work itself after the timeout; the margin only guards
+    // against a backend that does not.
+    s.work->wait(ToChrono(s.impl->options.timeout + absl::Seconds(10)));
+  } catch (const std::exception& e) {
+    s.status = s.impl->MarkBroken(s.impl->Diagnose(s.seq, s.what, ExceptionMessage(e)));
+    return s.status;
+  }
+  if (s.then) {
+    try {
+      s.then();
+    } catch (const std::exception& e) {
+      s.status = absl::InternalError(
+          absl::StrCat(s.what, ": post-processing failed: ", ExceptionMessage(e)));
+    }
+  }
+  s.work.reset();
+  return s.status;
+}
+
+DistributedContext::DistributedContext(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+DistributedContext::~DistributedContext() {
+  // The backend talks through the store: drop it first.
+  if (impl_) {
+    impl_->backend.reset();
+    impl_->fabric_store.reset();
+    impl_->store.reset();
+  }
+}
+
+const ClusterEnvironment& DistributedContext::cluster() const { return impl_->cluster; }
+std::string DistributedContext::backend_name() const { return impl_->backend_name; }
+c10::Device DistributedContext::device() const { return impl_->device; }
+absl::Duration DistributedContext::timeout() const { return impl_->options.timeout; }
+
+absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
+    const ClusterEnvironment& cluster, const DistributedOptions& options) {
+  if (cluster.world_size < 1 || cluster.rank < 0 || cluster.rank >= cluster.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid cluster: rank ", cluster.rank, " of world_size ", cluster.world_size));
+  }
+  if (cluster.master_port < 1 || cluster.master_port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid cluster: master_port ", cluster.master_port,
+        " (start the processes through the Launcher, or set MASTER_PORT)"));
+  }
+  if (options.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("DistributedOptions.timeout must be positive");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->cluster = cluster;
+  impl->options = options;
+
+  CommBackend backend = options.backend;
+#ifdef FABRIC_WITH_CUDA
+  if (backend == CommBackend::kAuto) {
+    backend = at::hasCUDA() && c10::cuda::device_count() > 0 ? CommBackend::kNccl
+                                                             : CommBackend::kGloo;
+  }
+#else
+  if (backend == CommBackend::kAuto) backend = CommBackend::kGloo;
+  if (backend == CommBackend::kNccl) {
+    return absl::UnimplementedError(
+        "the NCCL backend needs a CUDA build of fabric_cpp (bazel build --config=cuda)");
+  }
+#endif
+  impl->backend_name = backend == CommBackend::kNccl ? "nccl" : "gloo";
+  const std::string address = impl->StoreAddress();
+  const std::string who = absl::StrCat("rank ", cluster.rank, ": ");
+
+  // Rendezvous: rank 0 hosts the TCPStore, the others connect (retrying
+  // until the timeout while rank 0 is not up yet).
+  c10d::TCPStoreOptions store_options;
+  store_options.port = static_cast<uint16_t>(cluster.master_port);
+  store_options.isServer = cluster.rank == 0;
+  store_options.numWorkers = cluster.world_size;
+  store_options.waitWorkers = false;  // We wait below, naming who is missing.
+  store_options.timeout = ToChrono(options.timeout);
+  try {
+    impl->store = c10::make_intrusive<c10d::TCPStore>(cluster.master_addr, store_options);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat(
+        who,
+        cluster.rank == 0 ? absl::StrCat("cannot host the TCPStore on ", address)
+                          : absl::StrCat("cannot connect to the TCPStore of rank 0 at ", address,
+                                         " within ", absl::FormatDuration(options.timeout)),
+        ": ", ExceptionMessage(e)));
+  }
+  impl->fabric_store = c10::make_intrusive<c10d::PrefixStore>("fabric", impl->store);
+
+  std::vector<std::string> keys;
+  for (int r = 0; r < cluster.world_size; ++r) keys.push_back(impl->ProgressKey(r));
+  try {
+    std::string record = "0 rendezvous";
+    impl->fabric_store->set(impl->ProgressKey(cluster.rank),
+                            std::vector<uint8_t>(record.begin(), record.end()));
+    impl->fabric_store->wait(keys, ToChrono(options.timeout));
+  } catch (const std::exception& e) {
+    std::vector<std::string> missing;
+    std::string store_error;
+    try {
+      for (int r = 0; r < cluster.world_size; ++r) {
+        if (!impl->fabric_store->check({keys[r]})) missing.push_back(absl::StrCat(r));
+      }
+    } catch (const std::exception& check_error) {
+      store_error = absl::StrCat("; cannot ask the TCPStore of rank 0 who is missing: ",
+                                 ExceptionMessage(check_error));
+    }
+    // Keep the store up a little while the other ranks find out who is
+    // missing: their timeouts end about when ours did.
+    if (cluster.rank == 0) absl::SleepFor(std::max(options.diagnosis_grace, absl::Seconds(1)));
+    return absl::DeadlineExceededError(absl::StrCat(
+        who, "rendezvous at ", address, " failed after ", absl::FormatDuration(options.timeout),
+        missing.empty() ? std::string()
+                        : absl::StrCat(": rank(s) ", absl::StrJoin(missing, ", "),
+                                       " of world_size ", cluster.world_size, " never joined"),
+        " (", ExceptionMessage(e), store_error, ")"));
+  }
+
+  try {
+    if (backend == CommBackend::kNccl) {
+#ifdef FABRIC_WITH_CUDA
+      if (cluster.local_rank >= c10::cuda::device_count()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            who, "local rank ", cluster.local_rank, " has no GPU: only ",
+            static_cast<int>(c10::cuda::device_count()), " visible"));
+      }
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(cluster.local_rank));
+      impl->device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(cluster.local_rank));
+      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+      nccl_options->timeout = ToChrono(options.timeout);
+      impl->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+          c10::make_intrusive<c10d::PrefixStore>("nccl", impl->store), cluster.rank,
+          cluster.world_size, nccl_options);
+#endif
+    } else {
+      auto gloo_options = c10d::ProcessGroupGloo::Options::create(ToChrono(options.timeout));
+      // On one machine stay on loopback: the hostname may not resolve (or
+      // resolve to an unreachable address) inside containers and sandboxes.
+      if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname) {
+        gloo_options->devices.push_back(
+            c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      } else if (IsLoopback(cluster.master_addr)) {
+        gloo_options->devices.push_back(
+            c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      } else {
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      }
+      gloo_options->threads = std::max(1, options.gloo_threads);
+      impl->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
+          c10::make_intrusive<c10d::PrefixStore>("gloo", impl->store), cluster.rank,
+          cluster.world_size, gloo_options);
+    }
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat(who, "cannot create the ", impl->backend_name,
+                                               " process group (world_size ",
+                                               cluster.world_size, "): ", ExceptionMessage(e)));
+  }
+  return std::shared_ptr<DistributedContext>(new DistributedContext(std::move(impl)));
+}
+
+absl::Status DistributedContext::Barrier() {
+  Impl& impl = *impl_;
+  FABRIC_ASSIGN_OR_RETURN(auto state, impl.Start("barrier", [&] {
+    c10d::BarrierOptions opts;
+    if (impl.device.is_cuda()) {
+      opts.device_ids = {impl.device.index()};
+      opts.device = impl.device;
+    }
+    return impl.backend->barrier(opts);
+  }, nullptr));
+  return PendingCollective(state).Wait();
+}
+
+absl::Status DistributedContext::Broadcast(at::Tensor& tensor, int root) {
+  Impl& impl = *impl_;
+  std::string what = absl::StrCat("broadcast from rank ", root, " of ");
+  FABRIC_RETURN_IF_ERROR(impl.CheckTensor(tensor, what + "a tensor"));
+  if (root < 0 || root >= world_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("broadcast: root rank ", root, " is not in [0, ", world_size(), ")"));
+  }
+  absl::StrAppend(&what, DescribeTensor(tensor));
+  FABRIC_ASSIGN_OR_RETURN(auto state, impl.Start(what, [&] {
+    std::vector<at::Tensor> tensors = {tensor};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    opts.timeout = ToChrono(impl.options.timeout);
+    return impl.backend->broadcast(tensors, opts);
+  }, nullptr));
+  return PendingCollective(state).Wait();
+}
+
+absl::StatusOr<PendingCollective> DistributedContext::AllReduceAsync(at::Tensor tensor,
+                                                                     ReduceOp op) {
+  Impl& impl = *impl_;
+  std::string what = absl::StrCat("all_reduce(", OpName(op), ") of ");
+  FABRIC_RETURN_IF_ERROR(impl.CheckTensor(tensor, what + "a tensor"));
+  if (op == ReduceOp::kAvg && !at::isFloatingType(tensor.scalar_type())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "all_reduce(avg) needs a floating-point tensor, got ",
+        c10::getDtypeNames(tensor.scalar_type()).first));
+  }
+  absl::StrAppend(&what, DescribeTensor(tensor));
+  std::function<void()> then;
+  if (op == ReduceOp::kAvg) {
+    const int world = world_size();
+    then = [tensor, world]() mutable { tensor.div_(world); };
+  }
+  FABRIC_ASSIGN_OR_RETURN(auto state, impl.Start(what, [&] {
+    std::vector<at::Tensor> tensors = {tensor};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = ToC10d(op);
+    opts.timeout = ToChrono(impl.options.timeout);
+    return impl.backend->allreduce(tensors, opts);
+  }, std::move(then)));
+  return PendingCollective(state);
+}
+
+absl::Status DistributedContext::AllReduce(at::Tensor& tensor, ReduceOp op) {
+  FABRIC_ASSIGN_OR_RETURN(PendingCollective pending, AllReduceAsync(tensor, op));
+  return pending.Wait();
+}
+
+absl::StatusOr<std::vector<at::Tensor>> DistributedContext::AllGather(const at::Tensor& tensor) {
+  Impl& impl = *impl_;
+  std::string what = "all_gather of ";
+  FABRIC_RETURN_IF_ERROR(impl.CheckTensor(tensor, what + "a tensor"));
+  absl::StrAppend(&what, DescribeTensor(tensor), " per rank");
+  std::vector<std::vector<at::Tensor>> outputs(1);
+  for (int r = 0; r < world_size(); ++r) outputs[0].push_back(at::empty_like(tensor));
+  FABRIC_ASSIGN_OR_RETURN(auto state, impl.Start(what, [&] {
+    std::vector<at::Tensor> inputs = {tensor};
+    c10d::AllgatherOptions opts;
+    opts.timeout = ToChrono(impl.options.timeout);
+    return impl.backend->allgather(outputs, inputs, opts);
+  }, nullptr));
+  FABRIC_RETURN_IF_ERROR(PendingCollective(state).Wait());
+  return std::move(outputs[0]);
+}
+
+absl::StatusOr<at::Tensor> DistributedContext::ReduceScatter(const at::Tensor& input,
+                                                             ReduceOp op) {
+  Impl& impl = *impl_;
+  std::string what = absl::StrCat("reduce_scatter(", OpName(op), ") of ");
+  FABRIC_RETURN_IF_ERROR(impl.CheckTensor(input, what + "a tensor"));
+  if (input.dim() == 0 || input.size(0) % world_size() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, DescribeTensor(input), ": the first dimension must be a multiple of world_size ",
+        world_size()));
+  }
+  if (op == ReduceOp::kAvg && !at::isFloatingType(input.scalar_type())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "reduce_scatter(avg) needs a floating-point tensor, got ",
+        c10::getDtypeNames(input.scalar_type()).first));
+  }
+  absl::StrAppend(&what, DescribeTensor(input));
+  std::vector<int64_t> shape = input.sizes().vec();
+  shape[0] /= world_size();
+  at::Tensor output = at::empty(shape, input.options());
+  at::Tensor in = input;
+  FABRIC_ASSIGN_OR_RETURN(auto state, impl.Start(what, [&] {
+    c10d::ReduceScatterOptions opts;
+    opts.reduceOp = ToC10d(op);
+    opts.timeout = ToChrono(impl.options.timeout);
+    return impl.backend->_reduce_scatter_base(output, in, opts);
+  }, nullptr));
+  FABRIC_RETURN_IF_ERROR(PendingCollective(state).Wait());
+  if (op == ReduceOp::kAvg) output.div_(world_size());
+  return output;
+}
+
+absl::StatusOr<std::string> DistributedContext::BroadcastBytes(const std::string& bytes,
+                                                               int root) {
+  at::Tensor length = at::full({1}, static_cast<int64_t>(bytes.size()),
+                               at::TensorOptions().dtype(at::kLong).device(device()));
+  FABRIC_RETURN_IF_ERROR(Broadcast(length, root));
+  const int64_t n = length.cpu().item<int64_t>();
+  if (n < 0) return absl::DataLossError("broadcast of bytes: negative length received");
+  at::Tensor data = at::empty({n}, at::TensorOptions().dtype(at::kByte));
+  if (rank() == root && n > 0) std::memcpy(data.data_ptr(), bytes.data(), n);
+  data = data.to(device());
+  if (n > 0) FABRIC_RETURN_IF_ERROR(Broadcast(data, root));
+  data = data.cpu();
+  return std::string(static_cast<const char*>(data.data_ptr()), static_cast<size_t>(n));
+}
+
+absl::StatusOr<bool> DistributedContext::ReduceBoolean(bool decision, bool all) {
+  at::Tensor t = at::full({1}, decision ? 1 : 0, at::TensorOptions().dtype(at::kInt).device(device()));
+  FABRIC_RETURN_IF_ERROR(AllReduce(t, all ? ReduceOp::kMin : ReduceOp::kMax));
+  return t.cpu().item<int>() != 0;
+}
+
+absl::Status DistributedContext::RankZeroFirst(const std::function<absl::Status()>& fn) {
+  absl::Status mine;
+  if (is_rank_zero()) mine = fn();
+  FABRIC_ASSIGN_OR_RETURN(std::string zero_error,
+                          BroadcastBytes(mine.ok() ? "" : std::string(mine.ToString())));
+  if (!zero_error.empty()) {
+    if (is_rank_zero()) return mine;
+    return absl::AbortedError(absl::StrCat("rank 0 failed in RankZeroFirst: ", zero_error));
+  }
+  if (!is_rank_zero()) mine = fn();
+  absl::Status barrier = Barrier();
+  return mine.ok() ? barrier : mine;
+}
+
+}  // namespace fabric::strategies

@@ -1,0 +1,128 @@
+#ifndef FABRIC_STRATEGIES_PROCESS_GROUP_H_
+#define FABRIC_STRATEGIES_PROCESS_GROUP_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "strategies/cluster_environment.h"
+
+namespace fabric::strategies {
+
+enum class ReduceOp { kSum, kAvg, kMin, kMax };
+
+enum class CommBackend {
+  kAuto,  // NCCL when built with CUDA and a GPU is visible, else Gloo.
+  kGloo,  // CPU tensors.
+  kNccl,  // CUDA tensors; needs --config=cuda.
+};
+
+struct DistributedOptions {
+  CommBackend backend = CommBackend::kAuto;
+  // Bound on the rendezvous and on every collective: a rank that died or
+  // never arrives makes the others fail after this long instead of hanging.
+  absl::Duration timeout = absl::Minutes(30);
+  // Threads of the Gloo process group.
+  int gloo_threads = 2;
+  // After a failure that is not a timeout (a peer's connection dropped), how
+  // long to let the other ranks' progress settle before naming the missing
+  // rank (the survivors may see the error at slightly different times).
+  absl::Duration diagnosis_grace = absl::Milliseconds(500);
+};
+
+class DistributedContext;
+
+// A collective in flight (asynchronous all-reduce, for DDP's buckets).
+class PendingCollective {
+ public:
+  PendingCollective() = default;
+  // Blocks until the collective is done. Errors are those of the blocking
+  // calls. Calling it again returns the same status.
+  absl::Status Wait();
+  bool valid() const { return state_ != nullptr; }
+
+  // Internal: made by DistributedContext.
+  struct State;
+  explicit PendingCollective(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+// One process group over a TCPStore rendezvous (rank 0 hosts the store):
+// c10d's ProcessGroupGloo on CPU, ProcessGroupNCCL on CUDA. All calls are
+// collectives: every rank must make the same calls in the same order.
+//
+// Errors name this rank, the collective and, when the store can tell, the
+// rank that did not arrive ("rank 0: all_reduce(sum) of 4 MiB (collective #7)
+// timed out after 5s waiting for rank 3 (last seen at #6 barrier)"). After a
+// failed collective the group is unusable: later calls fail at once.
+class DistributedContext {
+ public:
+  static absl::StatusOr<std::shared_ptr<DistributedContext>> Create(
+      const ClusterEnvironment& cluster, const DistributedOptions& options = {});
+
+  DistributedContext(const DistributedContext&) = delete;
+  DistributedContext& operator=(const DistributedContext&) = delete;
+  ~DistributedContext();
+
+  const ClusterEnvironment& cluster() const;
+  int rank() const { return cluster().rank; }
+  int world_size() const { return cluster().world_size; }
+  int local_rank() const { return cluster().local_rank; }
+  bool is_rank_zero() const { return cluster().rank == 0; }
+  // "gloo" or "nccl".
+  std::string backend_name() const;
+  // Where tensors passed to collectives must live: CPU for Gloo, the local
+  // rank's GPU for NCCL.
+  c10::Device device() const;
+  absl::Duration timeout() const;
+
+  absl::Status Barrier();
+  // In place: `tensor` becomes rank `root`'s.
+  absl::Status Broadcast(at::Tensor& tensor, int root = 0);
+  // In place. kAvg needs a floating-point tensor.
+  absl::Status AllReduce(at::Tensor& tensor, ReduceOp op = ReduceOp::kSum);
+  // Starts an in-place all-reduce; the result is valid after Wait().
+  absl::StatusOr<PendingCollective> AllReduceAsync(at::Tensor tensor,
+                                                   ReduceOp op = ReduceOp::kSum);
+  // Every rank's `tensor` (same shape and dtype on all ranks), by rank.
+  absl::StatusOr<std::vector<at::Tensor>> AllGather(const at::Tensor& tensor);
+  // `input` has world_size * n rows; returns this rank's n reduced rows
+  // (rows [rank * n, (rank + 1) * n) of the reduction).
+  absl::StatusOr<at::Tensor> ReduceScatter(const at::Tensor& input,
+                                           ReduceOp op = ReduceOp::kSum);
+  // Rank `root`'s bytes, on every rank (for metadata: paths, JSON, ...).
+  absl::StatusOr<std::string> BroadcastBytes(const std::string& bytes, int root = 0);
+
+  // Rank-zero helpers.
+  // True on every rank iff `decision` is true on all ranks (all = true) or
+  // on any rank (all = false).
+  absl::StatusOr<bool> ReduceBoolean(bool decision, bool all = true);
+  // Rank 0 runs `fn` first (e.g. to download or create a file), then the
+  // others; when rank 0 fails, the others do not run and all return its error.
+  absl::Status RankZeroFirst(const std::function<absl::Status()>& fn);
+
+  // Internal.
+  struct Impl;
+
+ private:
+  explicit DistributedContext(std::unique_ptr<Impl> impl);
+
+  std::unique_ptr<Impl> impl_;
+};
+
+// "4 MiB", "1.5 KiB", "12 B".
+std::string HumanBytes(int64_t bytes);
+
+}  // namespace fabric::strategies
+
+#endif  // FABRIC_STRATEGIES_PROCESS_GROUP_H_
