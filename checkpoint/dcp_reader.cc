@@ -71,12 +71,13 @@ struct CheckpointReader::Chunk {
   const ZipReader::Entry* entry = nullptr;  // the storage record, in `archive`
 };
 
-CheckpointReader::CheckpointReader(std::string dir, Metadata metadata)
-    : dir_(std::move(dir)), metadata_(std::move(metadata)) {}
+CheckpointReader::CheckpointReader(std::string dir, Metadata metadata, ReaderOptions options)
+    : dir_(std::move(dir)), metadata_(std::move(metadata)), options_(options) {}
 
 CheckpointReader::~CheckpointReader() = default;
 
-absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& dir,
+                                                                         ReaderOptions options) {
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return absl::NotFoundError(absl::StrCat("checkpoint folder not found: ", dir));
@@ -91,7 +92,7 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const s
   if (absl::Status s = (*file)->ReadAt(0, bytes.data(), bytes.size()); !s.ok()) return s;
   absl::StatusOr<Metadata> md = ParseMetadata(bytes, path);
   if (!md.ok()) return md.status();
-  std::unique_ptr<CheckpointReader> reader(new CheckpointReader(dir, *std::move(md)));
+  std::unique_ptr<CheckpointReader> reader(new CheckpointReader(dir, *std::move(md), options));
   if (absl::Status s = reader->Index(); !s.ok()) return s;
   return reader;
 }
@@ -282,6 +283,24 @@ absl::Status CheckpointReader::ReadOverlap(const std::string& fqn, const Chunk& 
     return absl::OkStatus();
   }
   const uint64_t item = c10::elementSize(ref.dtype);
+  // Large overlaps go slab by slab along dim 0, bounding temporary memory.
+  if (nd > 0 && ext[0] > 1) {
+    // A row of the chunk bounds both the staging buffer and a block read.
+    const uint64_t row =
+        std::max<uint64_t>(1, static_cast<uint64_t>(Volume(ref.sizes) / ref.sizes[0]) * item);
+    const int64_t rows = static_cast<int64_t>(std::max<uint64_t>(1, options_.slab_bytes / row));
+    if (rows < ext[0]) {
+      for (int64_t b = 0; b < ext[0]; b += rows) {
+        const int64_t n = std::min(rows, ext[0] - b);
+        std::vector<int64_t> lo = src_lo, e = ext;
+        lo[0] += b;
+        e[0] = n;
+        at::Tensor part = view.narrow(0, b, n);
+        if (absl::Status s = ReadOverlap(fqn, chunk, lo, e, part); !s.ok()) return s;
+      }
+      return absl::OkStatus();
+    }
+  }
   std::vector<int64_t> cstride(nd);
   for (int64_t d = nd - 1, acc = 1; d >= 0; --d) {
     cstride[d] = acc;

@@ -44,12 +44,19 @@ struct KeyInfo {
   std::vector<ChunkStorageMetadata> chunks;
 };
 
+struct ReaderOptions {
+  // Overlaps bigger than this are read in slabs (rows of dim 0) of at most
+  // this many bytes, which bounds the staging memory a read needs.
+  uint64_t slab_bytes = uint64_t{64} << 20;
+};
+
 class CheckpointReader {
  public:
   // Reads and checks `<dir>/.metadata`. A folder without it is an incomplete
   // checkpoint (NotFound: "incomplete checkpoint (no .metadata): <dir>").
   // Shard files are opened on first use.
-  static absl::StatusOr<std::unique_ptr<CheckpointReader>> Open(const std::string& dir);
+  static absl::StatusOr<std::unique_ptr<CheckpointReader>> Open(const std::string& dir,
+                                                                ReaderOptions options = {});
 
   CheckpointReader(const CheckpointReader&) = delete;
   CheckpointReader& operator=(const CheckpointReader&) = delete;
@@ -96,7 +103,7 @@ class CheckpointReader {
  private:
   struct Chunk;  // an opened saved chunk (its archive parsed)
 
-  CheckpointReader(std::string dir, Metadata metadata);
+  CheckpointReader(std::string dir, Metadata metadata, ReaderOptions options);
   absl::Status Index();
   absl::StatusOr<std::shared_ptr<FileReader>> File(const std::string& relative_path,
                                                    const std::string& fqn) const;
@@ -113,6 +120,7 @@ class CheckpointReader {
 
   const std::string dir_;
   const Metadata metadata_;
+  const ReaderOptions options_;
   std::unordered_map<std::string, size_t> keys_;  // fqn -> state_dict_metadata index
   // "<fqn>\0<offsets>" -> storage_data index
   std::unordered_map<std::string, size_t> storage_;

@@ -57,10 +57,6 @@ class StorageTable {
     if (t.is_sparse() || t.layout() != at::kStrided) {
       return absl::UnimplementedError("only dense (strided) tensors can be saved");
     }
-    if (!StorageClassName(t.scalar_type())) {
-      return absl::UnimplementedError(
-          absl::StrCat("dtype ", c10::toString(t.scalar_type()), " cannot be saved"));
-    }
     const at::Storage& storage = t.storage();
     const size_t item = t.element_size();
     auto [it, inserted] = index_.emplace(storage.unsafeGetStorageImpl(), records_.size());

@@ -61,7 +61,7 @@ std::string Pattern(size_t n, uint32_t seed) {
 }
 
 // pickle.dumps({'a': 1}, protocol=2)
-const char kPickleA1[] = "\x80\x02}q\x00X\x01\x00\x00\x00aq\x01K\x01s.";
+const char kPickleA1[] = "\x80\x02}q\x00X\x01\x00\x00\x00" "aq\x01K\x01s.";
 const size_t kPickleA1Size = sizeof(kPickleA1) - 1;
 
 // Writes the records torch.load needs around `body`.

@@ -316,8 +316,19 @@ absl::Status PendingCollective::Wait() {
 DistributedContext::DistributedContext(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 DistributedContext::~DistributedContext() {
-  // The backend talks through the store: drop it first.
+  // The backend talks through the store: end it first. NCCL wants an
+  // explicit shutdown (abort after a failure, which must not block).
   if (impl_) {
+    if (impl_->backend) {
+      try {
+        if (impl_->broken.ok()) {
+          impl_->backend->shutdown();
+        } else {
+          impl_->backend->abort();
+        }
+      } catch (const std::exception&) {
+      }
+    }
     impl_->backend.reset();
     impl_->fabric_store.reset();
     impl_->store.reset();

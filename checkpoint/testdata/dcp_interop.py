@@ -11,10 +11,14 @@
       the same with 2 Gloo ranks on 127.0.0.1 and DTensors sharded by rows
       and by columns; expected.pt holds the full tensors.
 """
+import io
 import os
+import pickletools
 import socket
+import struct
 import sys
 import warnings
+import zipfile
 
 import torch
 import torch.distributed as dist
@@ -41,9 +45,44 @@ def compare_flat(got, want, what):
         assert same(got[k], want[k]), f"{what}: {k}: {got[k]!r} != {want[k]!r}"
 
 
+def zip_layout(data, what):
+    # (name, size, compression, data) of every record but the random
+    # serialization id; every record's data must start 64-byte aligned from
+    # the item's start, as PyTorch's writer aligns them.
+    z = zipfile.ZipFile(io.BytesIO(data))
+    out = []
+    for i in z.infolist():
+        h = i.header_offset
+        assert data[h:h + 4] == b"PK\x03\x04", f"{what}: {i.filename}: no local header"
+        name_len, extra_len = struct.unpack("<HH", data[h + 26:h + 30])
+        assert (h + 30 + name_len + extra_len) % 64 == 0, f"{what}: {i.filename} unaligned"
+        body = b"" if i.filename.endswith("serialization_id") else z.read(i)
+        if i.filename.endswith("data.pkl"):
+            body = pickletools.optimize(body)  # memo PUTs are the writer's choice
+        out.append((i.filename, i.compress_type, body))
+    return out
+
+
+def check_items_are_torch_save(d, md):
+    # Every item must hold the same records as torch.save of the same object
+    # into a buffer (what FileSystemWriter writes), up to the random id. (Zip
+    # offsets may differ: PyTorch adds a data descriptor after each record.)
+    for index, info in md.storage_data.items():
+        with open(os.path.join(d, info.relative_path), "rb") as f:
+            f.seek(info.offset)
+            data = f.read(info.length)
+        assert len(data) == info.length, f"{index.fqn}: short item"
+        obj = torch.load(io.BytesIO(data), weights_only=False)
+        again = io.BytesIO()
+        torch.save(obj, again)
+        ours, theirs = zip_layout(data, index.fqn), zip_layout(again.getvalue(), index.fqn)
+        assert ours == theirs, f"{index.fqn}: {ours} != {theirs}"
+
+
 def load(d, expected_path):
     want = torch.load(expected_path, weights_only=False)["flat"]
     md = FileSystemReader(d).read_metadata()
+    check_items_are_torch_save(d, md)
     sd = {}
     for k, v in md.state_dict_metadata.items():
         init = torch.zeros(v.size, dtype=v.properties.dtype) if isinstance(

@@ -3,6 +3,7 @@
 // training continues to the same parameters. Runs the real Python torch and
 // Lightning from the project's virtual environment.
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -18,6 +19,7 @@
 #include <torch/optim/sgd.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "checkpoint/torch_save.h"
 #include "fabric/fabric.h"
