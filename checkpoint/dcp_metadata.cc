@@ -1,6 +1,7 @@
 #include "checkpoint/dcp_metadata.h"
 
 #include <memory>
+#include <unordered_map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"

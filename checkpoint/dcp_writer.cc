@@ -48,13 +48,17 @@ class OffsetSink : public ByteSink {
 
 // The chunk as FileSystemWriter saves it: detached, on CPU, and in a storage
 // of exactly its own bytes (torch.save writes whole storages). We always
-// make it contiguous too.
+// make it contiguous too. A contiguous view into a bigger storage (a row
+// shard of a larger tensor) is wrapped, not copied: the caller's tensor
+// keeps the memory alive while it is written.
 at::Tensor ChunkForSave(const at::Tensor& t) {
   at::Tensor c = t.detach();
   if (!c.device().is_cpu()) c = c.to(at::kCPU);
-  if (!c.is_contiguous() || c.storage_offset() != 0 ||
+  if (!c.is_contiguous()) return c.clone(at::MemoryFormat::Contiguous);
+  if (c.storage_offset() != 0 ||
       c.storage().nbytes() != static_cast<size_t>(c.numel()) * c.element_size()) {
-    c = c.clone(at::MemoryFormat::Contiguous);
+    if (c.numel() == 0) return at::empty(c.sizes(), c.options());
+    return at::from_blob(c.data_ptr(), c.sizes(), c.options());
   }
   return c;
 }

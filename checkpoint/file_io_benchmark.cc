@@ -102,8 +102,12 @@ void BenchAtomic(const Source& src, const std::string& path, uint64_t total,
     Check(w.status());
     direct = (*w)->direct_io();
     for (uint64_t done = 0; done < total;) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(write_size, total - done));
-      Check((*w)->Write(src.data, n));
+      // Walk through the source so no two writes repeat the same bytes
+      // (virtual disks may dedupe or compress repeated or zero data).
+      const size_t at = static_cast<size_t>(done % src.size);
+      const size_t n = static_cast<size_t>(
+          std::min<uint64_t>({write_size, total - done, src.size - at}));
+      Check((*w)->Write(src.data + at, n));
       done += n;
     }
     Check((*w)->Commit());
@@ -111,15 +115,17 @@ void BenchAtomic(const Source& src, const std::string& path, uint64_t total,
   Report(absl::StrCat(name, direct ? "" : " [buffered]"), total, s);
 }
 
-void BenchRawWrite(const std::string& path, uint64_t total, bool direct) {
+void BenchRawWrite(const Source& src, const std::string& path, uint64_t total, bool direct) {
   unlink(path.c_str());
   const size_t block = 16 * kMiB;
-  char* buf = Aligned(block);
+  // An aligned copy of the source, written block after block.
+  char* buf = Aligned(src.size);
+  std::memcpy(buf, src.data, src.size);
   const double s = Seconds([&] {
     const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | (direct ? O_DIRECT : 0), 0644);
     Check(fd >= 0, "open " + path);
     for (uint64_t done = 0; done < total; done += block) {
-      Check(write(fd, buf, block) == static_cast<ssize_t>(block), "write");
+      Check(write(fd, buf + done % src.size, block) == static_cast<ssize_t>(block), "write");
     }
     Check(fdatasync(fd) == 0, "fdatasync");
     close(fd);
@@ -249,13 +255,13 @@ void Run() {
   std::printf("file %s, %.2f GiB\n", path.c_str(), total / double(1 << 30));
   Source src;
 
-  BenchRawWrite(path, total, /*direct=*/true);
+  BenchRawWrite(src, path, total, /*direct=*/true);
   if (!absl::GetFlag(FLAGS_writes)) {
     for (int i = 0; i < 3; ++i) BenchReads(path, total);
     unlink(path.c_str());
     return;
   }
-  BenchRawWrite(path, total, /*direct=*/false);
+  BenchRawWrite(src, path, total, /*direct=*/false);
   AtomicFileWriter::Options opts;
   BenchAtomic(src, path, total, opts, "AtomicFileWriter direct (defaults), 64 MiB writes",
               64 * kMiB);
@@ -265,8 +271,8 @@ void Run() {
   BenchAtomic(src, path, total, opts, "AtomicFileWriter buffered, 64 MiB writes", 64 * kMiB);
   BenchAtomic(src, path, total, opts, "AtomicFileWriter buffered, 64 KiB writes", 64 << 10);
   if (absl::GetFlag(FLAGS_sweep)) {
-    for (size_t mib : {1, 4, 8, 16, 32}) {
-      for (int buffers : {2, 3, 4}) {
+    for (size_t mib : {2, 8, 32}) {
+      for (int buffers : {2, 3}) {
         AtomicFileWriter::Options o;
         o.buffer_bytes = mib * kMiB;
         o.buffers = buffers;

@@ -2,7 +2,7 @@
 // Python's torch.save / torch.load on the same state and the disk's raw
 // O_DIRECT write bandwidth, all measured in the same run.
 //
-//   bazel run -c opt //checkpoint:torch_save_benchmark -- [--gib=2] [--dir=/tmp]
+//   bazel run //checkpoint:torch_save_benchmark -- [--gib=2] [--dir=/tmp]
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -96,7 +96,6 @@ int main(int argc, char** argv) {
     else if (a.rfind("--script=", 0) == 0) script = a.substr(9);
     else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
   }
-  at::set_num_threads(1);
   std::printf("building %.2f GiB of tensors...\n", gib);
   Dict state = MakeState(gib);
   const uint64_t bytes = StorageBytes(Value(state));

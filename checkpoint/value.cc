@@ -523,6 +523,47 @@ bool operator==(const Value& a, const Value& b) {
 // ---------------------------------------------------------------------------
 // Dict
 
+namespace {
+
+size_t Mix(size_t h, size_t v) { return h ^ (v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2)); }
+
+// A hash consistent with operator==, for keys that are neither str nor int.
+// Depth-limited: deeper parts only add their kind, which keeps it consistent.
+size_t StructuralHash(const Value& v, int depth = 4) {
+  size_t h = static_cast<size_t>(v.kind());
+  if (depth == 0) return h;
+  switch (v.kind()) {
+    case Value::Kind::kBool: return Mix(h, v.as_bool());
+    case Value::Kind::kInt: return Mix(h, std::hash<int64_t>()(v.as_int()));
+    case Value::Kind::kFloat: return Mix(h, std::hash<double>()(v.as_float()));
+    case Value::Kind::kString: return Mix(h, std::hash<std::string>()(v.as_string()));
+    case Value::Kind::kBytes: return Mix(h, std::hash<std::string>()(v.as_bytes()));
+    case Value::Kind::kGlobal: return Mix(h, std::hash<std::string>()(v.as_global().ToString()));
+    case Value::Kind::kList:
+    case Value::Kind::kTuple:
+      for (const Value& item : v.items()) h = Mix(h, StructuralHash(item, depth - 1));
+      return h;
+    case Value::Kind::kObject: {
+      const Object& o = v.as_object();
+      h = Mix(h, std::hash<std::string>()(o.callable.ToString()));
+      for (const Value& a : *o.args) h = Mix(h, StructuralHash(a, depth - 1));
+      if (o.state) h = Mix(h, StructuralHash(*o.state, depth - 1));
+      return h;
+    }
+    case Value::Kind::kDict: {
+      size_t sum = 0;  // order-independent, as dict equality is
+      for (const auto& [k, item] : v.as_dict()) {
+        sum += Mix(StructuralHash(k, depth - 1), StructuralHash(item, depth - 1));
+      }
+      return Mix(h, sum);
+    }
+    default:
+      return h;  // tensors and None: the kind alone
+  }
+}
+
+}  // namespace
+
 Dict::Dict(std::initializer_list<std::pair<Value, Value>> items) {
   for (const auto& kv : items) Set(kv.first, kv.second);
 }
@@ -530,12 +571,15 @@ Dict::Dict(std::initializer_list<std::pair<Value, Value>> items) {
 void Dict::Reindex() const {
   string_index_.clear();
   int_index_.clear();
+  other_index_.clear();
   for (size_t i = 0; i < items_.size(); ++i) {
     const Value& key = items_[i].first;
     if (key.is_string()) {
       string_index_.emplace(key.as_string(), i);
     } else if (key.is_int()) {
       int_index_.emplace(key.as_int(), i);
+    } else {
+      other_index_.emplace(StructuralHash(key), i);
     }
   }
   index_stale_ = false;
@@ -551,8 +595,9 @@ const Value* Dict::Find(const Value& key) const {
     auto it = int_index_.find(key.as_int());
     return it == int_index_.end() ? nullptr : &items_[it->second].second;
   }
-  for (const auto& kv : items_) {
-    if (kv.first == key) return &kv.second;
+  auto [begin, end] = other_index_.equal_range(StructuralHash(key));
+  for (auto it = begin; it != end; ++it) {
+    if (items_[it->second].first == key) return &items_[it->second].second;
   }
   return nullptr;
 }
@@ -581,6 +626,8 @@ void Dict::Set(Value key, Value value) {
     string_index_.emplace(key.as_string(), index);
   } else if (key.is_int()) {
     int_index_.emplace(key.as_int(), index);
+  } else {
+    other_index_.emplace(StructuralHash(key), index);
   }
   items_.emplace_back(std::move(key), std::move(value));
 }

@@ -222,6 +222,9 @@ class Dict {
   std::vector<std::pair<Value, Value>> items_;
   mutable std::unordered_map<std::string, size_t> string_index_;
   mutable std::unordered_map<int64_t, size_t> int_index_;
+  // Other keys (tuples, objects such as DCP's MetadataIndex) by a structural
+  // hash, so that building a dict of n such keys stays linear.
+  mutable std::unordered_multimap<size_t, size_t> other_index_;
   mutable bool index_stale_ = false;
 };
 

@@ -276,9 +276,9 @@ absl::StatusOr<std::unique_ptr<DistributedDataParallel>> DistributedDataParallel
   for (int index : order) {
     Reducer::Slot& slot = reducer->slots[index];
     const int64_t bytes = slot.param.numel() * slot.param.element_size();
-    bool fresh = reducer->buckets.empty() || filled + bytes > cap ||
-                 reducer->buckets.back().buffer.scalar_type() != slot.param.scalar_type();
-    if (fresh && !reducer->buckets.empty() && reducer->buckets.back().slots.empty()) fresh = false;
+    // A parameter larger than the cap gets a bucket of its own.
+    const bool fresh = reducer->buckets.empty() || filled + bytes > cap ||
+                       reducer->buckets.back().buffer.scalar_type() != slot.param.scalar_type();
     if (fresh) {
       if (!reducer->buckets.empty()) cap = options.bucket_cap_bytes;
       reducer->buckets.emplace_back();

@@ -175,6 +175,10 @@ absl::Status CheckTraining(const std::shared_ptr<DistributedContext>& ctx, int m
   CHECK_OK(Train(reference, nullptr, world, rank, micro, false));
   CHECK_OK(ExpectTrue((*ddp)->syncs_completed() == kSteps,
                       absl::StrCat(what, "syncs_completed=", (*ddp)->syncs_completed())));
+  if (rank == 0) {
+    std::cerr << what << "world " << world << ": max |DDP - single process| = "
+              << (Flat(*model) - Flat(*reference)).abs().max().item<double>() << "\n";
+  }
   CHECK_OK(ExpectClose(Flat(*model), Flat(*reference), what + "DDP vs single process"));
   CHECK_OK(ExpectTrue(!at::equal(Flat(*model), Flat(*MakeModel(100, 32, with_unused))),
                       what + "training did not change the parameters"));
