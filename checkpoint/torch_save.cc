@@ -151,6 +151,108 @@ absl::Status TorchSaveToSink(ByteSink& sink, const std::string& archive_name,
   return WriteArchive(sink, archive_name, value, {});
 }
 
+TorchStreamWriter::~TorchStreamWriter() {
+  if (file_) file_->Abort();
+}
+
+absl::StatusOr<std::unique_ptr<TorchStreamWriter>> TorchStreamWriter::Create(
+    const std::string& path, const Value& tree, const TorchSaveOptions& options) {
+  std::unique_ptr<TorchStreamWriter> w(new TorchStreamWriter());
+  // The records, in order of first appearance (the order Python would write).
+  std::unordered_map<std::string, uint64_t> seen;
+  std::function<void(const Value&)> visit = [&](const Value& v) {
+    switch (v.kind()) {
+      case Value::Kind::kTensorRef: {
+        const TensorRef& r = v.as_tensor_ref();
+        if (seen.emplace(r.storage_key, r.storage_nbytes()).second) {
+          w->order_.emplace_back(r.storage_key, r.storage_nbytes());
+        }
+        break;
+      }
+      case Value::Kind::kList:
+      case Value::Kind::kTuple:
+        for (const Value& item : v.items()) visit(item);
+        break;
+      case Value::Kind::kDict:
+        for (const auto& [k, item] : v.as_dict()) visit(item);
+        break;
+      default:
+        break;
+    }
+  };
+  visit(tree);
+  for (const auto& [key, n] : w->order_) w->total_bytes_ += n;
+  w->progress_ = options.progress;
+
+  absl::StatusOr<std::string> pkl = pickle::Pickle(tree);
+  if (!pkl.ok()) return pkl.status();
+  AtomicFileWriter::Options file_options;
+  file_options.direct_io = options.direct_io;
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> file = AtomicFileWriter::Create(path, file_options);
+  if (!file.ok()) return file.status();
+  w->file_ = *std::move(file);
+  w->zip_ = std::make_unique<ZipWriter>(w->file_.get(), ArchiveName(path));
+  absl::Status s = w->zip_->WriteRecord("data.pkl", pkl->data(), pkl->size());
+  if (s.ok()) s = w->zip_->WriteRecord(".format_version", "1", 1);
+  if (s.ok()) s = w->zip_->WriteRecord(".storage_alignment", "64", 2);
+  if (s.ok()) s = w->zip_->WriteRecord("byteorder", "little", 6);
+  if (!s.ok()) return s;
+  return w;
+}
+
+absl::Status TorchStreamWriter::Expect(const std::string& key, uint64_t n) {
+  if (next_ >= order_.size()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(file_->path(), ": storage '", key, "' written after all ", order_.size(),
+                     " storages were"));
+  }
+  const auto& [want_key, want_n] = order_[next_];
+  if (key != want_key || n != want_n) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        file_->path(), ": expected storage '", want_key, "' of ", want_n, " bytes next, got '", key,
+        "' of ", n, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TorchStreamWriter::WriteStorage(const std::string& key, const void* data, uint64_t n) {
+  if (absl::Status s = BeginStorage(key, n); !s.ok()) return s;
+  if (absl::Status s = AppendStorage(data, n); !s.ok()) return s;
+  return EndStorage();
+}
+
+absl::Status TorchStreamWriter::BeginStorage(const std::string& key, uint64_t n) {
+  if (absl::Status s = Expect(key, n); !s.ok()) return s;
+  return zip_->BeginRecord("data/" + key, n);
+}
+
+absl::Status TorchStreamWriter::AppendStorage(const void* data, uint64_t n) {
+  return zip_->AppendRecordData(data, n);
+}
+
+absl::Status TorchStreamWriter::EndStorage() {
+  if (absl::Status s = zip_->EndRecord(); !s.ok()) return s;
+  done_bytes_ += order_[next_].second;
+  ++next_;
+  if (progress_) progress_(done_bytes_, total_bytes_);
+  return absl::OkStatus();
+}
+
+absl::Status TorchStreamWriter::Commit() {
+  if (next_ != order_.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(file_->path(), ": only ", next_, " of ",
+                                                      order_.size(), " storages were written"));
+  }
+  absl::Status s = zip_->WriteRecord("version", "3\n", 2);
+  const std::string id = SerializationId();
+  if (s.ok()) s = zip_->WriteRecord(".data/serialization_id", id.data(), id.size());
+  if (s.ok()) s = zip_->Finish();
+  if (s.ok()) s = file_->Commit();
+  if (!s.ok()) file_->Abort();
+  file_.reset();
+  return s;
+}
+
 uint64_t StorageBytes(const Value& value) {
   StorageTable table;
   std::vector<const Value*> stack = {&value};

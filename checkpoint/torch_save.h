@@ -15,6 +15,8 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
@@ -45,6 +47,43 @@ absl::Status TorchSave(const std::string& path, const Value& value,
 // archives that distributed checkpoints place back to back in one file).
 absl::Status TorchSaveToSink(ByteSink& sink, const std::string& archive_name,
                              const Value& value);
+
+// Writes a torch.save archive whose tensor bytes arrive one storage at a time,
+// so that a checkpoint larger than memory (a consolidation, a full-state save
+// gathered unit by unit) streams to disk. The object tree is given up front
+// with TensorRef leaves: their storage_key, dtype and storage_numel describe
+// the records, which must then be written in the order of first appearance in
+// the tree (StorageOrder lists it), each exactly storage_numel * itemsize bytes.
+class TorchStreamWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<TorchStreamWriter>> Create(
+      const std::string& path, const Value& tree, const TorchSaveOptions& options = {});
+  ~TorchStreamWriter();
+
+  // Storage keys with their byte sizes, in the order they must be written.
+  const std::vector<std::pair<std::string, uint64_t>>& StorageOrder() const { return order_; }
+
+  // The next storage in one piece, or in pieces with Begin/Append/End.
+  absl::Status WriteStorage(const std::string& key, const void* data, uint64_t n);
+  absl::Status BeginStorage(const std::string& key, uint64_t n);
+  absl::Status AppendStorage(const void* data, uint64_t n);
+  absl::Status EndStorage();
+
+  // Writes the trailing records and atomically publishes the file. Without a
+  // Commit (an error, a crash) nothing appears at `path`.
+  absl::Status Commit();
+
+ private:
+  TorchStreamWriter() = default;
+  absl::Status Expect(const std::string& key, uint64_t n);
+
+  std::unique_ptr<AtomicFileWriter> file_;
+  std::unique_ptr<class ZipWriter> zip_;
+  std::vector<std::pair<std::string, uint64_t>> order_;
+  size_t next_ = 0;
+  uint64_t done_bytes_ = 0, total_bytes_ = 0;
+  std::function<void(uint64_t, uint64_t)> progress_;
+};
 
 // Total bytes of tensor storages `value` references (each storage once).
 uint64_t StorageBytes(const Value& value);

@@ -117,5 +117,58 @@ TEST(TorchSave, StorageBytesCountsSharedStoragesOnce) {
   EXPECT_EQ(StorageBytes(Value(d)), 10 * 4 + 2 * 8);
 }
 
+TensorRef Ref(const std::string& key, at::ScalarType dtype, std::vector<int64_t> sizes) {
+  TensorRef r;
+  r.storage_key = key;
+  r.dtype = dtype;
+  r.sizes = sizes;
+  int64_t n = 1;
+  r.strides.assign(sizes.size(), 1);
+  for (int i = static_cast<int>(sizes.size()) - 1; i >= 0; --i) {
+    r.strides[i] = n;
+    n *= sizes[i];
+  }
+  r.storage_numel = n;
+  return r;
+}
+
+TEST(TorchStreamWriter, WritesStoragesOneAtATime) {
+  at::Tensor a = at::randn({4, 3});
+  at::Tensor b = at::arange(10, at::kLong);
+  Dict tree{{"a", Ref("0", at::kFloat, {4, 3})}, {"b", Ref("1", at::kLong, {10})}, {"n", 3}};
+  const std::string path = TmpPath("stream.pt");
+  auto w = TorchStreamWriter::Create(path, Value(tree));
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_EQ((*w)->StorageOrder().size(), 2u);
+  EXPECT_EQ((*w)->StorageOrder()[1].second, 80u);
+  // Out of order is refused.
+  EXPECT_FALSE((*w)->WriteStorage("1", b.data_ptr(), 80).ok());
+  ASSERT_TRUE((*w)->WriteStorage("0", a.data_ptr(), 48).ok());
+  // In pieces.
+  ASSERT_TRUE((*w)->BeginStorage("1", 80).ok());
+  ASSERT_TRUE((*w)->AppendStorage(b.data_ptr(), 40).ok());
+  ASSERT_TRUE((*w)->AppendStorage(static_cast<char*>(b.data_ptr()) + 40, 40).ok());
+  ASSERT_TRUE((*w)->EndStorage().ok());
+  ASSERT_TRUE((*w)->Commit().ok());
+  auto loaded = TorchLoad(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(*loaded, Value(Dict{{"a", a}, {"b", b}, {"n", 3}}));
+}
+
+TEST(TorchStreamWriter, NothingAppearsWithoutCommit) {
+  const std::string path = TmpPath("uncommitted.pt");
+  {
+    auto w = TorchStreamWriter::Create(path, Value(Dict{{"a", Ref("0", at::kFloat, {2})}}));
+    ASSERT_TRUE(w.ok()) << w.status();
+    at::Tensor a = at::ones({2});
+    ASSERT_TRUE((*w)->WriteStorage("0", a.data_ptr(), 8).ok());
+  }
+  EXPECT_NE(access(path.c_str(), F_OK), 0);
+  auto w = TorchStreamWriter::Create(path, Value(Dict{{"a", Ref("0", at::kFloat, {2})}}));
+  ASSERT_TRUE(w.ok());
+  EXPECT_FALSE((*w)->Commit().ok());  // a storage is missing
+  EXPECT_NE(access(path.c_str(), F_OK), 0);
+}
+
 }  // namespace
 }  // namespace fabric
