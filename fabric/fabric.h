@@ -2,13 +2,14 @@
 // many, and to save and load its whole state.
 //
 //   fabric::FabricOptions options;
-//   options.accelerator = "cpu";
+//   options.devices = 2;                     // two processes, DDP
 //   auto fabric = fabric::Fabric::Create(options).value();
-//   fabric->Launch().IgnoreError();          // starts/joins the other ranks
+//   fabric->Launch().IgnoreError();          // starts or joins the other ranks
 //   auto model = std::make_shared<Net>();
+//   fabric->SetupModule(model).IgnoreError();  // placement, DDP/FSDP wrapping
 //   auto opt = std::make_shared<torch::optim::AdamW>(model->parameters(), 1e-3);
-//   fabric->Setup(model, opt).IgnoreError();  // device placement, DDP wrapping
 //   ...
+//   fabric->Backward(loss);                  // backward + gradient sync
 //   fabric::State state{{"model", model}, {"optimizer", opt}, {"step", step}};
 //   fabric->Save("ckpt.pt", state);
 //   absl::StatusOr<fabric::Dict> rest = fabric->Load("ckpt.pt", state);
@@ -18,44 +19,68 @@
 #define FABRIC_FABRIC_FABRIC_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 
+#include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "checkpoint/value.h"
+#include "fabric/precision.h"
 #include "fabric/state.h"
 #include "fabric/state_io.h"
 
 namespace fabric {
+namespace strategies {
+class Strategy;
+class Launcher;
+class DistributedContext;
+}  // namespace strategies
 
 struct FabricOptions {
-  // "cpu", "cuda" or "auto" (cuda when available).
+  // "cpu", "cuda" (or "gpu") or "auto" (cuda when available).
   std::string accelerator = "auto";
-  // Processes per node (one per device).
+  // Processes per node, one per device.
   int devices = 1;
   int num_nodes = 1;
-  // "auto", "single_device" or "ddp".
+  // "auto" (single_device for one process, ddp for more), "single_device", "ddp".
   std::string strategy = "auto";
-  // "32-true" (others arrive with mixed precision support).
+  // "32-true", "bf16-mixed" (fp32 weights, bf16 autocast compute) or
+  // "bf16-true" (bf16 weights).
   std::string precision = "32-true";
+  // How long a collective may wait for the other ranks before failing.
+  absl::Duration timeout = absl::Minutes(30);
 };
 
 class Fabric {
  public:
   // Validates the options; bad values give an error naming the option.
   static absl::StatusOr<std::unique_ptr<Fabric>> Create(const FabricOptions& options);
+  // The process that launched the others waits for them here (Finish()).
   ~Fabric();
 
-  // Starts or joins the processes of a multi-process run. A no-op for a
-  // single device.
+  // Starts the other local processes (re-executing this program with
+  // torchrun-style variables) or joins a run started by torchrun, SLURM or a
+  // launching Fabric, and connects the process group. Optional for a single
+  // device; required before anything else when there are several processes.
   absl::Status Launch();
+  // The launching process waits for the others and reports any that failed.
+  absl::Status Finish(absl::Duration timeout = absl::Minutes(10));
 
-  // Moves the module to this rank's device and prepares it for the strategy.
-  // The optimizer must have been built over the module's parameters.
+  // Places the module on this rank's device and prepares it for the strategy.
+  // Create optimizers over module->parameters() after this call.
+  absl::Status SetupModule(const std::shared_ptr<torch::nn::Module>& module);
+  template <typename M>
+  absl::Status SetupModule(const torch::nn::ModuleHolder<M>& module) {
+    return SetupModule(std::static_pointer_cast<torch::nn::Module>(module.ptr()));
+  }
+  // SetupModule for a module whose optimizer already exists (single device
+  // and DDP keep the parameters, so the optimizer stays valid).
   absl::Status Setup(const std::shared_ptr<torch::nn::Module>& module,
                      const std::shared_ptr<torch::optim::Optimizer>& optimizer = nullptr);
   template <typename M>
@@ -64,37 +89,45 @@ class Fabric {
     return Setup(std::static_pointer_cast<torch::nn::Module>(module.ptr()), optimizer);
   }
 
-  // Saves `state` to `path` in torch.save's format (Python's torch.load reads
-  // it). Modules and optimizers are saved as their state dicts. Atomic: the
-  // file at `path` is replaced only when the new one is complete on disk.
-  absl::Status Save(const std::string& path, const State& state, const StateFilter& filter = {});
+  // loss.backward() and the strategy's gradient synchronization.
+  absl::Status Backward(const at::Tensor& loss);
+  // Autocast for the configured precision while the returned guard lives
+  // (a no-op for 32-true).
+  AutocastGuard Autocast() const;
 
-  // Restores `state` from `path` in place and returns the entries of the file
-  // that `state` did not ask for.
+  // Saves `state` (modules and optimizers as their state dicts). Single
+  // device and DDP: one file in torch.save's format, written by rank 0, that
+  // Python's torch.load reads. Atomic: the previous file stays intact until
+  // the new one is complete on disk.
+  absl::Status Save(const std::string& path, const State& state, const StateFilter& filter = {});
+  // Restores `state` in place; returns the entries it did not ask for.
   absl::StatusOr<Dict> Load(const std::string& path, State& state, bool strict = true);
-  // Everything in the file.
+  // Everything in the checkpoint.
   absl::StatusOr<Dict> Load(const std::string& path);
   // A file holding a bare state dict (e.g. Python's torch.save(model.state_dict())).
   absl::Status LoadRaw(const std::string& path, torch::nn::Module& module, bool strict = true);
   absl::Status LoadRaw(const std::string& path, torch::optim::Optimizer& optimizer);
 
-  int global_rank() const { return global_rank_; }
-  int world_size() const { return world_size_; }
-  bool is_global_zero() const { return global_rank_ == 0; }
-  const c10::Device& device() const { return device_; }
+  int global_rank() const;
+  int world_size() const;
+  bool is_global_zero() const { return global_rank() == 0; }
+  c10::Device device() const;
   const FabricOptions& options() const { return options_; }
+  strategies::Strategy& strategy();
 
   absl::Status Barrier();
-  // Prints on global rank 0 only.
+  // Prints a line on global rank 0 only.
   void Print(const std::string& line) const;
 
  private:
   explicit Fabric(const FabricOptions& options);
+  absl::Status EnsureStrategy();
 
   FabricOptions options_;
-  c10::Device device_ = c10::kCPU;
-  int global_rank_ = 0;
-  int world_size_ = 1;
+  bool want_cuda_ = false;
+  std::unique_ptr<strategies::Launcher> launcher_;
+  std::shared_ptr<strategies::DistributedContext> context_;
+  std::unique_ptr<strategies::Strategy> strategy_;
 };
 
 }  // namespace fabric

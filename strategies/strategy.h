@@ -1,0 +1,61 @@
+// Strategy: how Fabric places a model on devices, synchronizes training across
+// processes, and saves and loads checkpoints. Fabric holds exactly one.
+//
+// Implementations: SingleDeviceStrategy, DdpStrategy (strategies/ddp_strategy.h)
+// and the FSDP strategy. The checkpoint formats they write live in
+// checkpoint/; a strategy decides who writes what.
+#ifndef FABRIC_STRATEGIES_STRATEGY_H_
+#define FABRIC_STRATEGIES_STRATEGY_H_
+
+#include <memory>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <torch/nn/module.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "checkpoint/value.h"
+#include "fabric/state.h"
+#include "fabric/state_io.h"
+
+namespace fabric::strategies {
+
+class DistributedContext;
+
+class Strategy {
+ public:
+  virtual ~Strategy() = default;
+
+  virtual std::string name() const = 0;
+  // The device this process computes on.
+  virtual c10::Device device() const = 0;
+  virtual int global_rank() const { return 0; }
+  virtual int world_size() const { return 1; }
+  // Null for single-process strategies.
+  virtual DistributedContext* context() const { return nullptr; }
+
+  // Places the module on the device and prepares it for the strategy (DDP:
+  // broadcast from rank 0 and gradient hooks; FSDP: sharding). Optimizers
+  // must be created over module->parameters() after this call.
+  virtual absl::Status SetupModule(const std::shared_ptr<torch::nn::Module>& module) = 0;
+
+  // loss.backward() plus whatever the strategy must do before the optimizer
+  // steps (gradient synchronization).
+  virtual absl::Status Backward(const at::Tensor& loss);
+
+  virtual absl::Status Save(const std::string& path, const State& state,
+                            const StateFilter& filter) = 0;
+  virtual absl::StatusOr<Dict> Load(const std::string& path, State& state, bool strict) = 0;
+  // Everything in the checkpoint, modules and optimizers as state dicts.
+  virtual absl::StatusOr<Dict> LoadAll(const std::string& path) = 0;
+  virtual absl::Status LoadRaw(const std::string& path, torch::nn::Module& module, bool strict) = 0;
+  virtual absl::Status LoadRaw(const std::string& path, torch::optim::Optimizer& optimizer) = 0;
+
+  virtual absl::Status Barrier() { return absl::OkStatus(); }
+};
+
+}  // namespace fabric::strategies
+
+#endif  // FABRIC_STRATEGIES_STRATEGY_H_

@@ -1,0 +1,331 @@
+#include "tools/inspect.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <system_error>
+#include <variant>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "checkpoint/dcp_metadata.h"
+#include "checkpoint/dcp_reader.h"
+#include "checkpoint/torch_save.h"
+#include "checkpoint/value.h"
+#include "tools/checkpoint_kind.h"
+#include "tools/progress.h"
+
+namespace fabric {
+namespace tools {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kMaxDepth = 1000;
+constexpr size_t kMaxRepr = 200;
+
+std::string TypeName(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kNone: return "None";
+    case Value::Kind::kBool: return "bool";
+    case Value::Kind::kInt: return "int";
+    case Value::Kind::kFloat: return "float";
+    case Value::Kind::kString: return "str";
+    case Value::Kind::kBytes: return "bytes";
+    case Value::Kind::kTensor:
+    case Value::Kind::kTensorRef: return "torch.Tensor";
+    case Value::Kind::kList: return "list";
+    case Value::Kind::kTuple: return "tuple";
+    case Value::Kind::kDict: return "dict";
+    case Value::Kind::kGlobal: return "global";
+    case Value::Kind::kObject: return v.as_object().callable.ToString();
+  }
+  return "?";
+}
+
+std::string Repr(const Value& v) {
+  std::string r = v.DebugString(8);
+  if (r.size() > kMaxRepr) r = r.substr(0, kMaxRepr - 3) + "...";
+  return r;
+}
+
+bool HoldsTensorOrDict(const Value& v, int depth = 0) {
+  if (depth > kMaxDepth) return false;
+  if (v.is_tensor() || v.is_tensor_ref() || v.is_dict()) return true;
+  if (v.is_sequence()) {
+    for (const Value& item : v.items()) {
+      if (HoldsTensorOrDict(item, depth + 1)) return true;
+    }
+  }
+  return false;
+}
+
+std::string KeyPart(const Value& k) {
+  if (k.is_string()) return k.as_string();
+  if (k.is_int()) return std::to_string(k.as_int());
+  return Repr(k);
+}
+
+// Lists the leaves of a loaded tree under flattened keys (DCP's rule: dicts
+// always, lists and tuples when they hold tensors or dicts).
+absl::Status Walk(const Value& v, const std::string& key, const std::string& source,
+                  Inspection& out, int depth = 0) {
+  if (depth > kMaxDepth) {
+    return absl::DataLossError(absl::StrCat("key '", key, "': nesting deeper than ", kMaxDepth));
+  }
+  auto join = [&](const std::string& part) { return key.empty() ? part : key + "." + part; };
+  if (v.is_dict() && !v.as_dict().empty()) {
+    for (const auto& [k, item] : v.as_dict()) {
+      if (absl::Status s = Walk(item, join(KeyPart(k)), source, out, depth + 1); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  if (v.is_sequence() && HoldsTensorOrDict(v)) {
+    for (size_t i = 0; i < v.items().size(); ++i) {
+      if (absl::Status s = Walk(v.items()[i], join(std::to_string(i)), source, out, depth + 1);
+          !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+  if (v.is_tensor_ref()) {
+    const TensorRef& r = v.as_tensor_ref();
+    TensorEntry t;
+    t.key = key;
+    t.source = source;
+    t.dtype = r.dtype;
+    t.shape = r.sizes;
+    t.nbytes = static_cast<uint64_t>(r.numel()) * c10::elementSize(r.dtype);
+    out.tensor_bytes += t.nbytes;
+    out.tensors.push_back(std::move(t));
+    return absl::OkStatus();
+  }
+  if (v.is_tensor()) {
+    const at::Tensor& x = v.as_tensor();
+    TensorEntry t;
+    t.key = key;
+    t.source = source;
+    t.dtype = x.scalar_type();
+    t.shape = x.sizes().vec();
+    t.nbytes = x.nbytes();
+    out.tensor_bytes += t.nbytes;
+    out.tensors.push_back(std::move(t));
+    return absl::OkStatus();
+  }
+  out.objects.push_back({key, source, TypeName(v), Repr(v)});
+  return absl::OkStatus();
+}
+
+// "__3_0.distcp" -> 3.
+std::optional<int> RankOf(const std::string& name) {
+  if (!absl::StartsWith(name, "__") || !absl::EndsWith(name, ".distcp")) return std::nullopt;
+  const std::string mid = name.substr(2, name.size() - 2 - 7);
+  std::vector<std::string> parts = absl::StrSplit(mid, '_');
+  int rank = 0, n = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &rank) || !absl::SimpleAtoi(parts[1], &n) ||
+      rank < 0) {
+    return std::nullopt;
+  }
+  return rank;
+}
+
+std::string DtypeString(at::ScalarType t) {
+  std::optional<std::string> n = DtypeName(t);
+  return n ? *n : std::string(c10::toString(t));
+}
+
+std::string Shape(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
+
+std::string JsonInts(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ","), "]"); }
+
+absl::Status InspectSharded(const std::string& dir, Inspection& out) {
+  absl::StatusOr<std::unique_ptr<dcp::CheckpointReader>> reader = dcp::CheckpointReader::Open(dir);
+  if (!reader.ok()) return reader.status();
+  const dcp::Metadata& md = (*reader)->metadata();
+  out.format = "sharded";
+  out.detail = absl::StrCat("PyTorch DCP, version ", md.version ? *md.version : "(none)");
+
+  int max_rank = -1;
+  std::map<std::string, uint64_t> files;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (std::optional<int> r = RankOf(name)) {
+      max_rank = std::max(max_rank, *r);
+      files[name] = e.file_size(ec);
+    } else if (name == ".metadata" || name == kLightningMetaFile) {
+      files[name] = e.file_size(ec);
+    }
+  }
+  // Chunks by (fqn, offsets), for the layout.
+  std::map<std::pair<std::string, std::vector<int64_t>>, const dcp::StorageInfo*> where;
+  for (const auto& [index, info] : md.storage_data) {
+    if (std::optional<int> r = RankOf(info.relative_path)) max_rank = std::max(max_rank, *r);
+    where[{index.fqn, index.offset.value_or(std::vector<int64_t>{})}] = &info;
+  }
+  if (max_rank >= 0) out.world_size = max_rank + 1;
+  for (const auto& [name, bytes] : files) out.files.push_back({name, bytes});
+
+  for (const auto& [fqn, smd] : md.state_dict_metadata) {
+    if (const auto* t = std::get_if<dcp::TensorStorageMetadata>(&smd)) {
+      TensorEntry e;
+      e.key = fqn;
+      e.source = "dcp";
+      e.dtype = t->properties.dtype;
+      e.shape = t->size;
+      int64_t numel = 1;
+      for (int64_t s : t->size) numel *= s;
+      e.nbytes = static_cast<uint64_t>(numel) * c10::elementSize(e.dtype);
+      for (const auto& c : t->chunks) {
+        ChunkLayout l;
+        l.offsets = c.offsets;
+        l.sizes = c.sizes;
+        auto it = where.find({fqn, c.offsets});
+        if (it != where.end()) {
+          l.file = it->second->relative_path;
+          l.offset = it->second->offset;
+          l.length = it->second->length;
+        }
+        e.chunks.push_back(std::move(l));
+      }
+      out.tensor_bytes += e.nbytes;
+      out.tensors.push_back(std::move(e));
+    } else {
+      absl::StatusOr<Value> v = (*reader)->ReadObject(fqn);
+      if (!v.ok()) return v.status();
+      out.objects.push_back({fqn, "dcp", TypeName(*v), Repr(*v)});
+    }
+  }
+  const std::string meta_path = (fs::path(dir) / kLightningMetaFile).string();
+  if (fs::is_regular_file(meta_path, ec)) {
+    absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(meta_path);
+    if (!f.ok()) return f.status();
+    return Walk((*f)->root(), "", kLightningMetaFile, out);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string JsonString(const std::string& s) {
+  std::string r = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': r += "\\\""; break;
+      case '\\': r += "\\\\"; break;
+      case '\n': r += "\\n"; break;
+      case '\r': r += "\\r"; break;
+      case '\t': r += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          r += absl::StrFormat("\\u%04x", c);
+        } else {
+          r += static_cast<char>(c);  // UTF-8 passes through
+        }
+    }
+  }
+  return r + "\"";
+}
+
+absl::StatusOr<Inspection> Inspect(const std::string& path_arg) {
+  const std::string path = StripTrailingSlashes(path_arg);
+  absl::StatusOr<CheckpointKind> kind = DetectCheckpointKind(path);
+  if (!kind.ok()) return kind.status();
+  Inspection out;
+  out.path = path;
+  if (*kind == CheckpointKind::kSharded) {
+    if (absl::Status s = InspectSharded(path, out); !s.ok()) return s;
+    return out;
+  }
+  absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(path);
+  if (!f.ok()) return f.status();
+  out.format = "single-file";
+  out.detail = absl::StrCat("torch.save zip archive '", (*f)->zip().archive_name(), "'");
+  std::error_code ec;
+  out.files.push_back({fs::path(path).filename().string(), fs::file_size(path, ec)});
+  if (absl::Status s = Walk((*f)->root(), "", "file", out); !s.ok()) {
+    return absl::DataLossError(absl::StrCat("'", path, "': ", s.message()));
+  }
+  return out;
+}
+
+std::string InspectionText(const Inspection& in) {
+  std::string r;
+  absl::StrAppend(&r, "path:       ", in.path, "\n");
+  absl::StrAppend(&r, "format:     ", in.format, " (", in.detail, ")\n");
+  absl::StrAppend(&r, "world size: ",
+                  in.world_size ? std::to_string(*in.world_size) : "not recorded (single file)",
+                  "\n");
+  absl::StrAppend(&r, "files:\n");
+  for (const FileEntry& f : in.files) {
+    absl::StrAppend(&r, "  ", f.name, "  ", HumanBytes(f.bytes), "\n");
+  }
+  absl::StrAppend(&r, "tensors:    ", in.tensors.size(), " (", HumanBytes(in.tensor_bytes),
+                  ")\n");
+  for (const TensorEntry& t : in.tensors) {
+    absl::StrAppend(&r, "  ", t.key, "  ", DtypeString(t.dtype), "  ", Shape(t.shape), "  ",
+                    t.nbytes, " B", t.source == "meta.pt" ? "  (meta.pt)" : "", "\n");
+    for (const ChunkLayout& c : t.chunks) {
+      absl::StrAppend(&r, "      chunk offsets ", Shape(c.offsets), " sizes ", Shape(c.sizes),
+                      "  ", c.file.empty() ? "(no storage entry)" : c.file, " @", c.offset, " +",
+                      c.length, "\n");
+    }
+  }
+  absl::StrAppend(&r, "objects:    ", in.objects.size(), "\n");
+  for (const ObjectEntry& o : in.objects) {
+    absl::StrAppend(&r, "  ", o.key, "  ", o.type, "  ", o.repr,
+                    o.source == "meta.pt" ? "  (meta.pt)" : "", "\n");
+  }
+  return r;
+}
+
+std::string InspectionJson(const Inspection& in) {
+  std::string r = "{";
+  absl::StrAppend(&r, "\"path\":", JsonString(in.path), ",\"format\":", JsonString(in.format),
+                  ",\"detail\":", JsonString(in.detail), ",\"world_size\":",
+                  in.world_size ? std::to_string(*in.world_size) : "null",
+                  ",\"tensor_bytes\":", in.tensor_bytes, ",\"files\":[");
+  for (size_t i = 0; i < in.files.size(); ++i) {
+    absl::StrAppend(&r, i ? "," : "", "{\"name\":", JsonString(in.files[i].name),
+                    ",\"bytes\":", in.files[i].bytes, "}");
+  }
+  absl::StrAppend(&r, "],\"tensors\":[");
+  for (size_t i = 0; i < in.tensors.size(); ++i) {
+    const TensorEntry& t = in.tensors[i];
+    absl::StrAppend(&r, i ? "," : "", "{\"key\":", JsonString(t.key),
+                    ",\"source\":", JsonString(t.source), ",\"dtype\":",
+                    JsonString(DtypeString(t.dtype)), ",\"shape\":", JsonInts(t.shape),
+                    ",\"bytes\":", t.nbytes);
+    if (t.source == "dcp") {
+      absl::StrAppend(&r, ",\"chunks\":[");
+      for (size_t j = 0; j < t.chunks.size(); ++j) {
+        const ChunkLayout& c = t.chunks[j];
+        absl::StrAppend(&r, j ? "," : "", "{\"offsets\":", JsonInts(c.offsets),
+                        ",\"sizes\":", JsonInts(c.sizes), ",\"file\":", JsonString(c.file),
+                        ",\"offset\":", c.offset, ",\"length\":", c.length, "}");
+      }
+      absl::StrAppend(&r, "]");
+    }
+    absl::StrAppend(&r, "}");
+  }
+  absl::StrAppend(&r, "],\"objects\":[");
+  for (size_t i = 0; i < in.objects.size(); ++i) {
+    const ObjectEntry& o = in.objects[i];
+    absl::StrAppend(&r, i ? "," : "", "{\"key\":", JsonString(o.key),
+                    ",\"source\":", JsonString(o.source), ",\"type\":", JsonString(o.type),
+                    ",\"repr\":", JsonString(o.repr), "}");
+  }
+  absl::StrAppend(&r, "]}\n");
+  return r;
+}
+
+}  // namespace tools
+}  // namespace fabric

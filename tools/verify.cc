@@ -1,0 +1,394 @@
+#include "tools/verify.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "checkpoint/crc32.h"
+#include "checkpoint/dcp_metadata.h"
+#include "checkpoint/dcp_reader.h"
+#include "checkpoint/file_io.h"
+#include "checkpoint/torch_save.h"
+#include "checkpoint/value.h"
+#include "checkpoint/zip_reader.h"
+#include "tools/checkpoint_kind.h"
+
+namespace fabric {
+namespace tools {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kMaxDepth = 1000;
+constexpr size_t kCrcBuffer = size_t{16} << 20;
+
+std::string Box(const std::vector<int64_t>& v) { return absl::StrCat("[", absl::StrJoin(v, ", "), "]"); }
+
+absl::Status Bad(const std::string& msg) { return absl::DataLossError(msg); }
+
+class Verifier {
+ public:
+  explicit Verifier(const VerifyOptions& options) : options_(options) {}
+
+  VerifyReport& report() { return report_; }
+  void set_total(uint64_t total) { total_ = total; }
+  void Progress() {
+    if (options_.progress) options_.progress(std::min(done_, total_), total_);
+  }
+
+  // The storage records every tensor of the archive references exist and
+  // are large enough; `what` names the archive (file, key) in messages.
+  absl::Status CheckRefs(const TorchFile& f, const Value& v, const std::string& what,
+                         int depth = 0) {
+    if (depth > kMaxDepth) return Bad(absl::StrCat(what, ": object nesting too deep"));
+    switch (v.kind()) {
+      case Value::Kind::kTensorRef:
+        return CheckRef(f, v.as_tensor_ref(), what);
+      case Value::Kind::kList:
+      case Value::Kind::kTuple:
+        for (const Value& item : v.items()) {
+          if (absl::Status s = CheckRefs(f, item, what, depth + 1); !s.ok()) return s;
+        }
+        return absl::OkStatus();
+      case Value::Kind::kDict:
+        for (const auto& [k, item] : v.as_dict()) {
+          if (absl::Status s = CheckRefs(f, item, what, depth + 1); !s.ok()) return s;
+        }
+        return absl::OkStatus();
+      case Value::Kind::kObject: {
+        const Object& o = v.as_object();
+        for (const Value& item : *o.args) {
+          if (absl::Status s = CheckRefs(f, item, what, depth + 1); !s.ok()) return s;
+        }
+        if (o.state) {
+          if (absl::Status s = CheckRefs(f, *o.state, what, depth + 1); !s.ok()) return s;
+        }
+        if (o.list_items) {
+          for (const Value& item : *o.list_items) {
+            if (absl::Status s = CheckRefs(f, item, what, depth + 1); !s.ok()) return s;
+          }
+        }
+        if (o.dict_items) {
+          for (const auto& [k, item] : *o.dict_items) {
+            if (absl::Status s = CheckRefs(f, item, what, depth + 1); !s.ok()) return s;
+          }
+        }
+        return absl::OkStatus();
+      }
+      default:
+        return absl::OkStatus();
+    }
+  }
+
+  absl::Status CheckRef(const TorchFile& f, const TensorRef& r, const std::string& what) {
+    const std::string record = "data/" + r.storage_key;
+    const ZipReader::Entry* e = f.zip().Find(record);
+    if (e == nullptr) {
+      return Bad(absl::StrCat(what, ": storage record '", record, "' is missing"));
+    }
+    if (r.sizes.size() != r.strides.size()) {
+      return Bad(absl::StrCat(what, ": tensor of storage '", r.storage_key, "' has ",
+                              r.sizes.size(), " sizes but ", r.strides.size(), " strides"));
+    }
+    const int64_t item = static_cast<int64_t>(c10::elementSize(r.dtype));
+    int64_t needed = 0;  // elements of the storage the view reaches
+    if (r.numel() > 0) {
+      int64_t last = r.storage_offset;
+      for (size_t i = 0; i < r.sizes.size(); ++i) last += (r.sizes[i] - 1) * r.strides[i];
+      needed = last + 1;
+    }
+    if (r.storage_offset < 0 || r.storage_numel < needed) {
+      return Bad(absl::StrCat(what, ": tensor view of storage '", r.storage_key,
+                              "' reaches element ", needed, " of a ", r.storage_numel,
+                              "-element storage"));
+    }
+    if (e->size < static_cast<uint64_t>(r.storage_numel * item)) {
+      return Bad(absl::StrCat(what, ": storage record '", record, "' holds ", e->size,
+                              " bytes, its ", r.storage_numel, "-element storage needs ",
+                              r.storage_numel * item));
+    }
+    return absl::OkStatus();
+  }
+
+  // CRC-32 of every record of the archive.
+  absl::Status CheckCrcs(const TorchFile& f, const std::string& what) {
+    ++report_.archives;
+    for (const ZipReader::Entry& e : f.zip().entries()) {
+      if (e.compression != 0) {
+        return Bad(absl::StrCat(what, ": record '", e.name,
+                                "' is compressed (torch.save stores records uncompressed)"));
+      }
+      uint32_t crc = 0;
+      for (uint64_t pos = 0; pos < e.size;) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(kCrcBuffer, e.size - pos));
+        if (buffer_.size() < n) buffer_.resize(n);
+        if (absl::Status s = f.zip().file()->ReadAt(e.data_offset + pos, buffer_.data(), n);
+            !s.ok()) {
+          return absl::Status(s.code(), absl::StrCat(what, ": record '", e.name, "': ",
+                                                     s.message()));
+        }
+        crc = Crc32(crc, buffer_.data(), n);
+        pos += n;
+        done_ += n;
+        Progress();
+      }
+      if (crc != e.crc32) {
+        return Bad(absl::StrCat(what, ": CRC-32 mismatch in record '", e.name, "' (stored ",
+                                absl::Hex(e.crc32), ", data has ", absl::Hex(crc), ")"));
+      }
+      ++report_.records;
+      report_.bytes += e.size;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status SingleFile(const std::string& path) {
+    absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(path);
+    if (!f.ok()) return f.status();
+    const std::string what = absl::StrCat("'", path, "'");
+    if (absl::Status s = CheckRefs(**f, (*f)->root(), what); !s.ok()) return s;
+    return CheckCrcs(**f, what);
+  }
+
+  absl::Status Sharded(const std::string& dir);
+
+ private:
+  const VerifyOptions& options_;
+  VerifyReport report_;
+  uint64_t done_ = 0, total_ = 0;
+  std::string buffer_;
+};
+
+using IndexKey = std::pair<std::string, std::optional<std::vector<int64_t>>>;
+
+absl::Status CheckChunks(const std::string& fqn, const dcp::TensorStorageMetadata& t,
+                         const std::string& where) {
+  const size_t ndim = t.size.size();
+  int64_t numel = 1;
+  for (int64_t s : t.size) {
+    if (s < 0) return Bad(absl::StrCat(where, ": key '", fqn, "' has negative size ", Box(t.size)));
+    numel *= s;
+  }
+  if (t.chunks.empty() && numel > 0) {
+    return Bad(absl::StrCat(where, ": key '", fqn, "' has no chunks"));
+  }
+  int64_t covered = 0;
+  for (const auto& c : t.chunks) {
+    if (c.offsets.size() != ndim || c.sizes.size() != ndim) {
+      return Bad(absl::StrCat(where, ": key '", fqn, "': chunk at ", Box(c.offsets), " with sizes ",
+                              Box(c.sizes), " does not have the tensor's ", ndim, " dimensions"));
+    }
+    for (size_t d = 0; d < ndim; ++d) {
+      if (c.offsets[d] < 0 || c.sizes[d] < 0 || c.offsets[d] + c.sizes[d] > t.size[d]) {
+        return Bad(absl::StrCat(where, ": key '", fqn, "': chunk at ", Box(c.offsets),
+                                " with sizes ", Box(c.sizes), " leaves the tensor's bounds ",
+                                Box(t.size)));
+      }
+    }
+    covered += c.numel();
+  }
+  // Disjointness: sweep over dim 0 (0-dim tensors: at most one chunk).
+  std::vector<const dcp::ChunkStorageMetadata*> order;
+  for (const auto& c : t.chunks) {
+    if (c.numel() > 0) order.push_back(&c);
+  }
+  if (ndim == 0 && order.size() > 1) {
+    return Bad(absl::StrCat(where, ": key '", fqn, "' (0-dim) has ", order.size(), " chunks"));
+  }
+  if (ndim > 0) {
+    std::sort(order.begin(), order.end(),
+              [](auto* a, auto* b) { return a->offsets[0] < b->offsets[0]; });
+    for (size_t i = 0; i < order.size(); ++i) {
+      const auto& a = *order[i];
+      for (size_t j = i + 1; j < order.size() && order[j]->offsets[0] < a.offsets[0] + a.sizes[0];
+           ++j) {
+        const auto& b = *order[j];
+        bool overlap = true;
+        for (size_t d = 0; d < ndim && overlap; ++d) {
+          overlap = std::max(a.offsets[d], b.offsets[d]) <
+                    std::min(a.offsets[d] + a.sizes[d], b.offsets[d] + b.sizes[d]);
+        }
+        if (overlap) {
+          return Bad(absl::StrCat(where, ": key '", fqn, "': chunks at ", Box(a.offsets), " and ",
+                                  Box(b.offsets), " overlap"));
+        }
+      }
+    }
+  }
+  if (covered != numel) {
+    return Bad(absl::StrCat(where, ": key '", fqn, "': chunks cover ", covered, " of its ", numel,
+                            " elements"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Verifier::Sharded(const std::string& dir) {
+  report_.format = "sharded";
+  absl::StatusOr<std::unique_ptr<dcp::CheckpointReader>> reader = dcp::CheckpointReader::Open(dir);
+  if (!reader.ok()) return reader.status();
+  const dcp::Metadata& md = (*reader)->metadata();
+  const std::string where = absl::StrCat(dir, "/.metadata");
+
+  // Storage entries by key; each must be used by exactly one chunk or bytes key.
+  std::map<IndexKey, const dcp::StorageInfo*> storage;
+  for (const auto& [index, info] : md.storage_data) {
+    if (!storage.emplace(IndexKey{index.fqn, index.offset}, &info).second) {
+      return Bad(absl::StrCat(where, ": two storage entries for key '", index.fqn, "'",
+                              index.offset ? " at " + Box(*index.offset) : ""));
+    }
+  }
+  // What each storage entry must hold: a tensor chunk (dtype, sizes) or bytes.
+  struct Item {
+    std::string fqn;
+    const dcp::StorageInfo* info;
+    const dcp::TensorStorageMetadata* tensor = nullptr;  // null: bytes
+    std::vector<int64_t> chunk_offsets, chunk_sizes;
+  };
+  std::vector<Item> items;
+  std::map<IndexKey, bool> used;
+  for (const auto& [fqn, smd] : md.state_dict_metadata) {
+    if (const auto* t = std::get_if<dcp::TensorStorageMetadata>(&smd)) {
+      if (absl::Status s = CheckChunks(fqn, *t, where); !s.ok()) return s;
+      for (const auto& c : t->chunks) {
+        auto it = storage.find({fqn, c.offsets});
+        if (it == storage.end()) {
+          return Bad(absl::StrCat(where, ": key '", fqn, "': no storage entry for its chunk at ",
+                                  Box(c.offsets)));
+        }
+        used[it->first] = true;
+        items.push_back({fqn, it->second, t, c.offsets, c.sizes});
+      }
+    } else {
+      auto it = storage.find({fqn, std::nullopt});
+      if (it == storage.end()) {
+        return Bad(absl::StrCat(where, ": bytes key '", fqn, "' has no storage entry"));
+      }
+      used[it->first] = true;
+      items.push_back({fqn, it->second, nullptr, {}, {}});
+    }
+  }
+  for (const auto& [key, info] : storage) {
+    if (!used.count(key)) {
+      return Bad(absl::StrCat(where, ": storage entry for key '", key.first, "'",
+                              key.second ? " at " + Box(*key.second) : "",
+                              " belongs to no key or chunk"));
+    }
+  }
+  report_.keys = static_cast<int64_t>(md.state_dict_metadata.size());
+
+  // Byte ranges: files exist, ranges inside them, no two items overlapping.
+  std::map<std::string, std::shared_ptr<FileReader>> files;
+  std::map<std::string, std::vector<const Item*>> by_file;
+  uint64_t total = 0;
+  for (const Item& item : items) {
+    const dcp::StorageInfo& info = *item.info;
+    const std::string file = (fs::path(dir) / info.relative_path).string();
+    if (info.transform_descriptors && !info.transform_descriptors->empty()) {
+      return Bad(absl::StrCat("key '", item.fqn, "' in '", file,
+                              "' uses stream transforms, which are not supported"));
+    }
+    if (!files.count(info.relative_path)) {
+      absl::StatusOr<std::shared_ptr<FileReader>> f = FileReader::Open(file);
+      if (!f.ok()) {
+        return absl::Status(f.status().code(),
+                            absl::StrCat("shard file '", file, "' (needed by key '", item.fqn,
+                                         "'): ", f.status().message()));
+      }
+      files[info.relative_path] = *f;
+    }
+    const uint64_t size = files[info.relative_path]->size();
+    if (info.offset < 0 || info.length < 0 ||
+        static_cast<uint64_t>(info.offset) + static_cast<uint64_t>(info.length) > size) {
+      return Bad(absl::StrCat("shard file '", file, "' is truncated: key '", item.fqn,
+                              "' needs bytes [", info.offset, ", ", info.offset + info.length,
+                              ") but the file has ", size));
+    }
+    by_file[info.relative_path].push_back(&item);
+    total += static_cast<uint64_t>(info.length);
+  }
+  for (auto& [name, list] : by_file) {
+    std::sort(list.begin(), list.end(),
+              [](const Item* a, const Item* b) { return a->info->offset < b->info->offset; });
+    for (size_t i = 1; i < list.size(); ++i) {
+      const dcp::StorageInfo& a = *list[i - 1]->info;
+      if (a.offset + a.length > list[i]->info->offset) {
+        return Bad(absl::StrCat("shard file '", (fs::path(dir) / name).string(), "': keys '",
+                                list[i - 1]->fqn, "' and '", list[i]->fqn,
+                                "' have overlapping byte ranges"));
+      }
+    }
+  }
+  const std::string meta_path = (fs::path(dir) / kLightningMetaFile).string();
+  std::error_code ec;
+  const bool has_meta = fs::is_regular_file(meta_path, ec);
+  if (has_meta) total += fs::file_size(meta_path, ec);
+  set_total(total);
+  Progress();
+
+  // Every item: a well-formed archive holding what the metadata says.
+  for (const Item& item : items) {
+    const dcp::StorageInfo& info = *item.info;
+    const std::string what =
+        absl::StrCat("'", (fs::path(dir) / info.relative_path).string(), "' key '", item.fqn, "'",
+                     item.tensor ? " chunk at " + Box(item.chunk_offsets) : "");
+    absl::StatusOr<std::unique_ptr<TorchFile>> f =
+        TorchFile::Open(files[info.relative_path], info.offset, info.length);
+    if (!f.ok()) {
+      return absl::Status(f.status().code(), absl::StrCat(what, ": ", f.status().message()));
+    }
+    const Value& root = (*f)->root();
+    if (item.tensor) {
+      if (!root.is_tensor_ref()) {
+        return Bad(absl::StrCat(what, ": holds a ", root.kind_name(), ", not a tensor"));
+      }
+      const TensorRef& r = root.as_tensor_ref();
+      if (r.dtype != item.tensor->properties.dtype) {
+        return Bad(absl::StrCat(what, ": tensor has dtype ", c10::toString(r.dtype),
+                                ", the metadata says ",
+                                c10::toString(item.tensor->properties.dtype)));
+      }
+      if (r.sizes != item.chunk_sizes) {
+        return Bad(absl::StrCat(what, ": tensor has shape ", Box(r.sizes),
+                                ", the metadata's chunk ", Box(item.chunk_sizes)));
+      }
+    }
+    if (absl::Status s = CheckRefs(**f, root, what); !s.ok()) return s;
+    if (absl::Status s = CheckCrcs(**f, what); !s.ok()) return s;
+  }
+  if (has_meta) {
+    if (absl::Status s = SingleFile(meta_path); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<VerifyReport> Verify(const std::string& path_arg, const VerifyOptions& options) {
+  const std::string path = StripTrailingSlashes(path_arg);
+  absl::StatusOr<CheckpointKind> kind = DetectCheckpointKind(path);
+  if (!kind.ok()) return kind.status();
+  Verifier v(options);
+  if (*kind == CheckpointKind::kSharded) {
+    if (absl::Status s = v.Sharded(path); !s.ok()) return s;
+  } else {
+    v.report().format = "single-file";
+    std::error_code ec;
+    v.set_total(fs::file_size(path, ec));
+    if (absl::Status s = v.SingleFile(path); !s.ok()) return s;
+  }
+  return v.report();
+}
+
+}  // namespace tools
+}  // namespace fabric
