@@ -2,10 +2,11 @@
 // Python's torch.save / torch.load on the same state and the disk's raw
 // O_DIRECT write bandwidth, all measured in the same run.
 //
-//   bazel run //checkpoint:torch_save_benchmark -- [--gib=2] [--dir=/tmp]
+//   bazel run //checkpoint:torch_save_benchmark -- [--gib=2] [--dir=/tmp] [--repeat=3]
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -79,6 +80,12 @@ Dict MakeState(double gib) {
 
 double GB(uint64_t b) { return b / 1e9; }
 
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
 }  // namespace
 }  // namespace fabric
 
@@ -88,12 +95,14 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp";
   std::string python;
   std::string script;
+  int repeat = 3;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--gib=", 0) == 0) gib = std::stod(a.substr(6));
     else if (a.rfind("--dir=", 0) == 0) dir = a.substr(6);
     else if (a.rfind("--python=", 0) == 0) python = a.substr(9);
     else if (a.rfind("--script=", 0) == 0) script = a.substr(9);
+    else if (a.rfind("--repeat=", 0) == 0) repeat = std::stoi(a.substr(9));
     else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
   }
   std::printf("building %.2f GiB of tensors...\n", gib);
@@ -105,42 +114,57 @@ int main(int argc, char** argv) {
   const std::string theirs = dir + "/fabric_bench_python.pt";
   const double raw = RawDirectWriteGBs(dir + "/fabric_bench_raw.bin", bytes);
 
-  auto t0 = Clock::now();
-  absl::Status s = TorchSave(ours, Value(state));
-  const double save_s = Seconds(t0);
-  if (!s.ok()) { std::fprintf(stderr, "save failed: %s\n", std::string(s.message()).c_str()); return 1; }
+  // Each figure is the median of `repeat` runs, interleaved so that a slow
+  // moment of the disk does not favour one side.
+  std::vector<double> saves, loads, intos, py_loads, py_saves;
+  bool same = true;
+  for (int rep = 0; rep < repeat; ++rep) {
+    auto t0 = Clock::now();
+    absl::Status s = TorchSave(ours, Value(state));
+    saves.push_back(Seconds(t0));
+    if (!s.ok()) { std::fprintf(stderr, "save failed: %s\n", std::string(s.message()).c_str()); return 1; }
 
-  DropCache(ours);
-  t0 = Clock::now();
-  auto loaded = TorchLoad(ours);
-  const double load_s = Seconds(t0);
-  if (!loaded.ok()) { std::fprintf(stderr, "load failed\n"); return 1; }
-  const bool same = *loaded == Value(state);
-  loaded = absl::InternalError("freed");
-
-  // Loading into existing tensors (what restoring a model does).
-  DropCache(ours);
-  t0 = Clock::now();
-  auto file = TorchFile::Open(ours);
-  for (const auto& [k, v] : (*file)->root().as_dict()) {
-    at::Tensor dst = state.Find(k.as_string())->as_tensor();
-    if (!(*file)->ReadInto(v.as_tensor_ref(), dst).ok()) return 1;
-  }
-  const double into_s = Seconds(t0);
-
-  double py_load = 0, py_save = 0;
-  if (!python.empty()) {
     DropCache(ours);
-    const std::string out = dir + "/fabric_bench_py.json";
-    const std::string cmd = absl::StrCat(python, " ", script, " ", ours, " ", theirs, " > ", out);
-    if (std::system(cmd.c_str()) == 0) {
-      FILE* f = std::fopen(out.c_str(), "r");
-      if (f && std::fscanf(f, "{\"torch_load_s\": %lf, \"torch_save_s\": %lf}", &py_load, &py_save) != 2) {
-        py_load = py_save = 0;
-      }
-      if (f) std::fclose(f);
+    t0 = Clock::now();
+    {
+      auto loaded = TorchLoad(ours);
+      loads.push_back(Seconds(t0));
+      if (!loaded.ok()) { std::fprintf(stderr, "load failed\n"); return 1; }
+      if (rep == 0) same = *loaded == Value(state);
     }
+
+    // Loading into existing tensors (what restoring a model does).
+    DropCache(ours);
+    t0 = Clock::now();
+    auto file = TorchFile::Open(ours);
+    if (!file.ok()) return 1;
+    for (const auto& [k, v] : (*file)->root().as_dict()) {
+      at::Tensor dst = state.Find(k.as_string())->as_tensor();
+      if (!(*file)->ReadInto(v.as_tensor_ref(), dst).ok()) return 1;
+    }
+    intos.push_back(Seconds(t0));
+
+    if (!python.empty()) {
+      DropCache(ours);
+      const std::string out = dir + "/fabric_bench_py.json";
+      const std::string cmd = absl::StrCat(python, " ", script, " ", ours, " ", theirs, " > ", out);
+      double py_load = 0, py_save = 0;
+      if (std::system(cmd.c_str()) == 0) {
+        FILE* f = std::fopen(out.c_str(), "r");
+        if (f && std::fscanf(f, "{\"torch_load_s\": %lf, \"torch_save_s\": %lf}", &py_load, &py_save) == 2) {
+          py_loads.push_back(py_load);
+          py_saves.push_back(py_save);
+        }
+        if (f) std::fclose(f);
+      }
+    }
+    std::printf("run %d: save %.2fs, load %.2fs, load-into %.2fs%s\n", rep + 1, saves.back(),
+                loads.back(), intos.back(),
+                py_saves.empty() ? "" : absl::StrFormat(", python save %.2fs, load %.2fs",
+                                                        py_saves.back(), py_loads.back()).c_str());
   }
+  const double save_s = Median(saves), load_s = Median(loads), into_s = Median(intos);
+  const double py_save = Median(py_saves), py_load = Median(py_loads);
   std::printf("\n%-34s %10s %10s\n", "", "seconds", "GB/s");
   std::printf("%-34s %10s %10.3f\n", "raw O_DIRECT write (dd-style)", "", raw);
   std::printf("%-34s %10.3f %10.3f   (%.0f%% of raw)\n", "fabric TorchSave", save_s,

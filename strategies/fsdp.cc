@@ -635,7 +635,8 @@ void FullyShardedDataParallel::Reshard() {
   for (int u = 0; u < static_cast<int>(state_->units.size()); ++u) state_->Free(u);
 }
 
-absl::StatusOr<at::Tensor> FullyShardedDataParallel::GatherFull(int index, const at::Tensor& local) {
+absl::StatusOr<std::vector<at::Tensor>> FullyShardedDataParallel::GatherRowBlocks(
+    int index, const at::Tensor& local) {
   if (index < 0 || index >= static_cast<int>(state_->params.size())) {
     return absl::OutOfRangeError(absl::StrCat("FSDP: no parameter #", index));
   }
@@ -655,8 +656,21 @@ absl::StatusOr<at::Tensor> FullyShardedDataParallel::GatherFull(int index, const
   } else {
     FABRIC_ASSIGN_OR_RETURN(parts, state_->ctx->AllGather(slot));
   }
-  at::Tensor all = parts.size() == 1 ? parts[0] : at::cat(parts);
-  return all.narrow(0, 0, p.rows * p.row_numel).view(p.shape);
+  std::vector<at::Tensor> blocks;
+  for (int r = 0; r < static_cast<int>(parts.size()); ++r) {
+    const int64_t n = std::clamp<int64_t>(p.rows - r * p.rows_per_rank, 0, p.rows_per_rank);
+    if (n > 0) blocks.push_back(parts[r].narrow(0, 0, n * p.row_numel));
+  }
+  return blocks;
+}
+
+absl::StatusOr<at::Tensor> FullyShardedDataParallel::GatherFull(int index, const at::Tensor& local) {
+  FABRIC_ASSIGN_OR_RETURN(std::vector<at::Tensor> blocks, GatherRowBlocks(index, local));
+  const FsdpParamInfo& p = state_->params[index];
+  at::Tensor flat = blocks.empty()   ? at::zeros({0}, local.options().requires_grad(false))
+                    : blocks.size() == 1 ? blocks[0]
+                                         : at::cat(blocks);
+  return flat.view(p.shape);
 }
 
 FullyShardedDataParallel::NoSyncGuard::NoSyncGuard(NoSyncGuard&& other) noexcept

@@ -193,6 +193,10 @@ class FullyShardedDataParallel {
   // shard-shaped `local` (the shard itself, or an optimizer state tensor of
   // the shard's shape), in `local`'s dtype, on every rank. Collective.
   absl::StatusOr<at::Tensor> GatherFull(int index, const at::Tensor& local);
+  // The same as every rank's row block, in rank order (their concatenation
+  // is the flattened full tensor), without assembling it: what a streaming
+  // writer needs, at the memory of one copy of the full tensor.
+  absl::StatusOr<std::vector<at::Tensor>> GatherRowBlocks(int index, const at::Tensor& local);
 
   // While a NoSync guard lives, backward() accumulates full gradients on
   // every rank without reducing (gradient accumulation; costs a full

@@ -411,10 +411,14 @@ absl::Status SaveSharded(const std::string& dir, FsdpState& state, DistributedCo
 
 struct PendingRecord {
   std::string key;
-  // Produces the tensor to write (collective for sharded tensors: every rank
-  // calls it, in the same order).
-  std::function<absl::StatusOr<at::Tensor>()> produce;
+  // Produces the record's bytes as pieces in order (collective for sharded
+  // tensors: every rank calls it, in the same order).
+  std::function<absl::StatusOr<std::vector<at::Tensor>>()> produce;
 };
+
+absl::StatusOr<std::vector<at::Tensor>> Pieces(const at::Tensor& t) {
+  return std::vector<at::Tensor>{t};
+}
 
 TensorRef RefFor(const std::string& key, at::ScalarType dtype, const std::vector<int64_t>& sizes) {
   TensorRef ref;
@@ -438,7 +442,7 @@ Value RefTensors(const Value& v, std::vector<PendingRecord>* records) {
     case Value::Kind::kTensor: {
       const std::string key = std::to_string(records->size());
       at::Tensor t = v.as_tensor().detach();
-      records->push_back({key, [t] { return absl::StatusOr<at::Tensor>(t); }});
+      records->push_back({key, [t] { return Pieces(t); }});
       TensorRef ref = RefFor(key, t.scalar_type(), t.sizes().vec());
       ref.requires_grad = false;
       return Value(std::move(ref));
@@ -494,12 +498,12 @@ absl::Status SaveFull(const std::string& path, FsdpState& state, DistributedCont
           FullyShardedDataParallel* fsdp = e.fsdp;
           const int i = it->second;
           records.push_back({key, [fsdp, i] {
-                               return fsdp->GatherFull(i, fsdp->params()[i].shard.detach());
+                               return fsdp->GatherRowBlocks(i, fsdp->params()[i].shard.detach());
                              }});
           sd.Set(name, Value(RefFor(key, info.dtype, info.shape)));
         } else {
           at::Tensor t = v.as_tensor();
-          records.push_back({key, [t] { return absl::StatusOr<at::Tensor>(t); }});
+          records.push_back({key, [t] { return Pieces(t); }});
           sd.Set(name, Value(RefFor(key, t.scalar_type(), t.sizes().vec())));
         }
       }
@@ -530,10 +534,10 @@ absl::Status SaveFull(const std::string& path, FsdpState& state, DistributedCont
             if (info != nullptr && IsShardedState(*info, name, t)) {
               FullyShardedDataParallel* fsdp = ref.fsdp;
               const int i = ref.index;
-              records.push_back({key, [fsdp, i, t] { return fsdp->GatherFull(i, t); }});
+              records.push_back({key, [fsdp, i, t] { return fsdp->GatherRowBlocks(i, t); }});
               per.Set(name, Value(RefFor(key, t.scalar_type(), info->shape)));
             } else {
-              records.push_back({key, [t] { return absl::StatusOr<at::Tensor>(t); }});
+              records.push_back({key, [t] { return Pieces(t); }});
               per.Set(name, Value(RefFor(key, t.scalar_type(), t.sizes().vec())));
             }
           }
@@ -579,12 +583,18 @@ absl::Status SaveFull(const std::string& path, FsdpState& state, DistributedCont
   }
   FABRIC_RETURN_IF_ERROR(ShareRankZeroStatus(ctx, status));
   for (const PendingRecord& r : records) {
-    absl::StatusOr<at::Tensor> t = r.produce();
-    if (!t.ok()) return t.status();  // a failed collective: the group is unusable
+    absl::StatusOr<std::vector<at::Tensor>> pieces = r.produce();
+    if (!pieces.ok()) return pieces.status();  // a failed collective: the group is unusable
     if (rank != 0 || !status.ok()) continue;
-    at::Tensor c = t->detach().to(c10::kCPU).contiguous();
-    status = writer->WriteStorage(r.key, c.data_ptr(),
-                                  static_cast<uint64_t>(c.numel()) * c.element_size());
+    uint64_t nbytes = 0;
+    for (const at::Tensor& t : *pieces) nbytes += static_cast<uint64_t>(t.numel()) * t.element_size();
+    status = writer->BeginStorage(r.key, nbytes);
+    for (const at::Tensor& t : *pieces) {
+      if (!status.ok()) break;
+      at::Tensor c = t.detach().to(c10::kCPU).contiguous();
+      status = writer->AppendStorage(c.data_ptr(), static_cast<uint64_t>(c.numel()) * c.element_size());
+    }
+    if (status.ok()) status = writer->EndStorage();
   }
   if (rank == 0 && status.ok()) status = writer->Commit();
   writer.reset();
@@ -610,6 +620,17 @@ struct OptimizerLoad {
   Dict state;
   Value groups;  // list, 'params' already as our indices
   bool has_groups = false;
+  // Sharded state tensors are TensorRefs whose storage_key indexes this
+  // table: LoadOptimizerState allocates each state tensor once and the
+  // reader fills it in place (no temporary copy of the optimizer state).
+  std::vector<std::function<absl::Status(at::Tensor&)>> readers;
+
+  Value Deferred(at::ScalarType dtype, const std::vector<int64_t>& sizes,
+                 std::function<absl::Status(at::Tensor&)> read) {
+    TensorRef ref = RefFor(std::to_string(readers.size()), dtype, sizes);
+    readers.push_back(std::move(read));
+    return Value(std::move(ref));
+  }
 };
 
 // The checkpoint's param_groups (with parameter FQNs or ints) as our
@@ -676,7 +697,15 @@ absl::Status FinishOptimizer(OptimizerLoad& load) {
   Dict sd;
   sd.Set("state", Value(std::move(load.state)));
   sd.Set("param_groups", load.groups);
-  return LoadOptimizerState(*load.optimizer, sd, nullptr, load.key);
+  TensorSource source = [&load](const TensorRef& ref, at::Tensor& dst) -> absl::Status {
+    size_t i = 0;
+    if (!absl::SimpleAtoi(ref.storage_key, &i) || i >= load.readers.size()) {
+      return absl::InternalError("optimizer load: unknown deferred tensor " + ref.storage_key);
+    }
+    at::NoGradGuard no_grad;
+    return load.readers[i](dst);
+  };
+  return LoadOptimizerState(*load.optimizer, sd, source, load.key);
 }
 
 // Sharded (DCP folder) load.
@@ -792,14 +821,13 @@ absl::StatusOr<Dict> LoadSharded(const std::string& dir, FsdpState& state, int r
         }
         std::vector<int64_t> sizes = info->ChunkSizes();
         if (info->shape.empty() && !info->owns_data()) sizes = {0};
-        at::Tensor dst = at::empty(sizes, at::TensorOptions().dtype(key.dtype));
-        slot.Set(name, Value(dst));
-        if (info->owns_data()) {
-          std::vector<int64_t> offsets = info->ChunkOffsets();
-          plan.reads.push_back([rd, fqn, dst, offsets, sizes]() mutable {
-            return rd->ReadRegion(fqn, offsets, sizes, dst);
-          });
-        }
+        const bool owns = info->owns_data();
+        std::vector<int64_t> offsets = info->ChunkOffsets();
+        slot.Set(name, load->Deferred(key.dtype, sizes,
+                                      [rd, fqn, offsets, sizes, owns](at::Tensor& dst) {
+                                        if (!owns) return absl::OkStatus();
+                                        return rd->ReadRegion(fqn, offsets, sizes, dst);
+                                      }));
       } else if (fqn.rfind(groups_prefix, 0) == 0) {
         const std::string rest = fqn.substr(groups_prefix.size());
         const size_t dot = rest.find('.');
@@ -1046,15 +1074,14 @@ absl::StatusOr<Dict> LoadFull(const std::string& path, FsdpState& state,
           }
           std::vector<int64_t> sizes = info->ChunkSizes();
           if (info->shape.empty() && !info->owns_data()) sizes = {0};
-          at::Tensor dst = at::empty(sizes, at::TensorOptions().dtype(ValueTensorDtype(v)));
-          slot.Set(n, Value(dst));
-          if (info->owns_data()) {
-            const int64_t row0 = info->row_offset;
-            Value saved_copy = v;
-            plan.reads.push_back([f, saved_copy, dst, row0, key]() mutable {
-              return ReadRows(*f, saved_copy, row0, dst, key);
-            });
-          }
+          const bool owns = info->owns_data();
+          const int64_t row0 = info->row_offset;
+          Value saved_copy = v;
+          slot.Set(n, load->Deferred(ValueTensorDtype(v), sizes,
+                                     [f, saved_copy, row0, key, owns](at::Tensor& dst) {
+                                       if (!owns) return absl::OkStatus();
+                                       return ReadRows(*f, saved_copy, row0, dst, key);
+                                     }));
         }
         load->state.Set(Value(static_cast<int64_t>(index)), Value(std::move(slot)));
       }

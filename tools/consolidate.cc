@@ -278,6 +278,9 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
     switch (src.kind) {
       case Source::kDcp: {
         const dcp::TensorStorageMetadata* t = (*reader)->FindTensor(src.fqn);
+        if (t == nullptr) {
+          return absl::InternalError(absl::StrCat("key '", src.fqn, "' is not a tensor key"));
+        }
         if (nbytes == 0) break;
         const std::vector<int64_t>& size = t->size;
         const at::ScalarType dtype = t->properties.dtype;

@@ -52,7 +52,7 @@ constexpr char kMainHelp[] =
 
 constexpr char kConsolidateHelp[] =
     "usage: fabric consolidate CHECKPOINT_FOLDER [--output_file PATH] [--force]\n"
-    "                          [--progress=auto|always|never]\n"
+    "                          [--progress=auto|always|never] [--report_memory]\n"
     "\n"
     "Converts a sharded checkpoint (a PyTorch DCP folder, as saved by fabric_cpp's or\n"
     "Lightning's FSDP strategy or by torch.distributed.checkpoint) into a single file\n"
@@ -66,22 +66,24 @@ constexpr char kConsolidateHelp[] =
     "                      next to the folder)\n"
     "  --force             replace an existing output file (otherwise: exit 2)\n"
     "  --progress=WHEN     progress bar on stderr: auto (if a terminal), always, never\n"
+    "  --report_memory     print the peak resident memory (VmHWM) to stderr at the end\n"
     "\n"
     "The output appears only when complete; an interrupted run leaves nothing under\n"
     "its name.\n";
 
 constexpr char kInspectHelp[] =
-    "usage: fabric inspect PATH [--json]\n"
+    "usage: fabric inspect PATH [--json] [--report_memory]\n"
     "\n"
     "Shows a checkpoint's format, the world size it was saved with (sharded), its\n"
     "files, every tensor key with dtype, shape, bytes and (sharded) chunk layout, and\n"
     "the non-tensor entries. Tensor data is not read.\n"
     "\n"
-    "  PATH    a single-file checkpoint or a sharded checkpoint folder\n"
-    "  --json  print one JSON object instead of text\n";
+    "  PATH             a single-file checkpoint or a sharded checkpoint folder\n"
+    "  --json           print one JSON object instead of text\n"
+    "  --report_memory  print the peak resident memory (VmHWM) to stderr at the end\n";
 
 constexpr char kVerifyHelp[] =
-    "usage: fabric verify PATH [--progress=auto|always|never]\n"
+    "usage: fabric verify PATH [--progress=auto|always|never] [--report_memory]\n"
     "\n"
     "Reads every byte of a checkpoint and checks that it is consistent: .metadata\n"
     "parses, chunks cover each tensor exactly once, every referenced byte range exists,\n"
@@ -89,9 +91,24 @@ constexpr char kVerifyHelp[] =
     "CRC-32 matches. Stops at the first problem with exit code 1.\n"
     "\n"
     "  PATH             a single-file checkpoint or a sharded checkpoint folder\n"
-    "  --progress=WHEN  progress bar on stderr: auto (if a terminal), always, never\n";
+    "  --progress=WHEN  progress bar on stderr: auto (if a terminal), always, never\n"
+    "  --report_memory  print the peak resident memory (VmHWM) to stderr at the end\n";
 
 std::atomic<bool> g_cancel{false};
+bool g_report_memory = false;
+
+// VmHWM from /proc/self/status: this process's peak resident memory, KiB.
+long PeakRssKib() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  long kib = -1;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::sscanf(line, "VmHWM: %ld kB", &kib) == 1) break;
+  }
+  std::fclose(f);
+  return kib;
+}
 
 extern "C" void OnSignal(int sig) {
   g_cancel.store(true);
@@ -155,6 +172,7 @@ std::optional<Args> Parse(const std::string& command, const std::vector<std::str
         return std::nullopt;
       }
       args.flags[name] = "";
+      if (name == "report_memory") g_report_memory = true;
     } else {
       *rc = Usage(command, absl::StrCat("unknown flag '", a, "'"));
       return std::nullopt;
@@ -186,7 +204,7 @@ double Seconds(std::chrono::steady_clock::time_point start) {
 int Consolidate(const std::vector<std::string>& argv) {
   const std::string cmd = "consolidate";
   int rc = kOk;
-  std::optional<Args> args = Parse(cmd, argv, {"output_file", "progress"}, {"force"}, &rc);
+  std::optional<Args> args = Parse(cmd, argv, {"output_file", "progress"}, {"force", "report_memory"}, &rc);
   if (!args) return rc;
   if (args->help) {
     std::fputs(kConsolidateHelp, stdout);
@@ -238,7 +256,7 @@ int Consolidate(const std::vector<std::string>& argv) {
 int Inspect(const std::vector<std::string>& argv) {
   const std::string cmd = "inspect";
   int rc = kOk;
-  std::optional<Args> args = Parse(cmd, argv, {}, {"json"}, &rc);
+  std::optional<Args> args = Parse(cmd, argv, {}, {"json", "report_memory"}, &rc);
   if (!args) return rc;
   if (args->help) {
     std::fputs(kInspectHelp, stdout);
@@ -257,7 +275,7 @@ int Inspect(const std::vector<std::string>& argv) {
 int Verify(const std::vector<std::string>& argv) {
   const std::string cmd = "verify";
   int rc = kOk;
-  std::optional<Args> args = Parse(cmd, argv, {"progress"}, {}, &rc);
+  std::optional<Args> args = Parse(cmd, argv, {"progress"}, {"report_memory"}, &rc);
   if (!args) return rc;
   if (args->help) {
     std::fputs(kVerifyHelp, stdout);
@@ -302,9 +320,14 @@ int Main(int argc, char** argv) {
     std::fputs(kMainHelp, stdout);
     return kOk;
   }
-  if (command == "consolidate") return Consolidate(rest);
-  if (command == "inspect") return Inspect(rest);
-  if (command == "verify") return Verify(rest);
+  int rc = -1;
+  if (command == "consolidate") rc = Consolidate(rest);
+  if (command == "inspect") rc = Inspect(rest);
+  if (command == "verify") rc = Verify(rest);
+  if (rc >= 0) {
+    if (g_report_memory) std::fprintf(stderr, "peak memory (VmHWM): %ld KiB\n", PeakRssKib());
+    return rc;
+  }
   std::fprintf(stderr, "fabric: unknown command '%s'\n\n%s", command.c_str(), kMainHelp);
   return kUsage;
 }

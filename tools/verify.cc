@@ -157,6 +157,9 @@ class Verifier {
     absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(path);
     if (!f.ok()) return f.status();
     const std::string what = absl::StrCat("'", path, "'");
+    if (report_.format == "single-file" && (*f)->root().is_dict()) {
+      report_.keys = static_cast<int64_t>((*f)->root().as_dict().size());
+    }
     if (absl::Status s = CheckRefs(**f, (*f)->root(), what); !s.ok()) return s;
     return CheckCrcs(**f, what);
   }
@@ -290,6 +293,7 @@ absl::Status Verifier::Sharded(const std::string& dir) {
   // Byte ranges: files exist, ranges inside them, no two items overlapping.
   std::map<std::string, std::shared_ptr<FileReader>> files;
   std::map<std::string, std::vector<const Item*>> by_file;
+  std::error_code ec;
   uint64_t total = 0;
   for (const Item& item : items) {
     const dcp::StorageInfo& info = *item.info;
@@ -299,6 +303,10 @@ absl::Status Verifier::Sharded(const std::string& dir) {
                               "' uses stream transforms, which are not supported"));
     }
     if (!files.count(info.relative_path)) {
+      if (!fs::exists(file, ec)) {
+        return absl::NotFoundError(
+            absl::StrCat("missing shard file ", file, " (holds key '", item.fqn, "')"));
+      }
       absl::StatusOr<std::shared_ptr<FileReader>> f = FileReader::Open(file);
       if (!f.ok()) {
         return absl::Status(f.status().code(),
@@ -310,7 +318,7 @@ absl::Status Verifier::Sharded(const std::string& dir) {
     const uint64_t size = files[info.relative_path]->size();
     if (info.offset < 0 || info.length < 0 ||
         static_cast<uint64_t>(info.offset) + static_cast<uint64_t>(info.length) > size) {
-      return Bad(absl::StrCat("shard file '", file, "' is truncated: key '", item.fqn,
+      return Bad(absl::StrCat("truncated shard file ", file, ": key '", item.fqn,
                               "' needs bytes [", info.offset, ", ", info.offset + info.length,
                               ") but the file has ", size));
     }
@@ -330,7 +338,6 @@ absl::Status Verifier::Sharded(const std::string& dir) {
     }
   }
   const std::string meta_path = (fs::path(dir) / kLightningMetaFile).string();
-  std::error_code ec;
   const bool has_meta = fs::is_regular_file(meta_path, ec);
   if (has_meta) total += fs::file_size(meta_path, ec);
   set_total(total);

@@ -29,7 +29,7 @@ struct VerifyOptions {
 
 struct VerifyReport {
   std::string format;      // "sharded" or "single-file"
-  int64_t keys = 0;        // top-level checkpoint keys (sharded) or tensors (file)
+  int64_t keys = 0;        // keys of .metadata (sharded), top-level keys (file)
   int64_t archives = 0;    // torch.save archives opened
   int64_t records = 0;     // zip records CRC-checked
   uint64_t bytes = 0;      // bytes of those records

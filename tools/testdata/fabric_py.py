@@ -8,7 +8,7 @@
                             sharded along dim 0 from Gloo ranks
   lightning FOLDER OUT      Lightning's consolidation (consolidate_checkpoint's code path)
   dcp_to_torch_save FOLDER OUT
-  compare A B               torch.load both; exit 1 unless equal, tensors bit-exact
+  compare A B               torch.load both (mmap); exit 1 unless equal, tensors bit-exact
   load FILE                 torch.load and print a one-line summary
 """
 import os
@@ -131,7 +131,24 @@ def equal(a, b, where="root"):
     return None if a == b else f"{where}: {a!r} vs {b!r}"
 
 
+def peak_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return -1
+
+
+def report(start):
+    import time
+
+    print(f"elapsed: {time.perf_counter() - start:.3f} s")
+    print(f"peak memory (VmHWM): {peak_kib()} KiB")
+
+
 def main():
+    import time
+
     cmd = sys.argv[1]
     if cmd == "fsdp":
         spawn(_fsdp_rank, int(sys.argv[3]), sys.argv[2])
@@ -144,16 +161,21 @@ def main():
         else:
             spawn(_dcp_rank, world, out)
     elif cmd == "lightning":
+        # lightning/fabric/utilities/consolidate_checkpoint.py's __main__.
         from lightning.fabric.utilities.load import _load_distributed_checkpoint
 
+        start = time.perf_counter()
         torch.save(_load_distributed_checkpoint(Path(sys.argv[2])), sys.argv[3])
+        report(start)
     elif cmd == "dcp_to_torch_save":
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+        start = time.perf_counter()
         dcp_to_torch_save(sys.argv[2], sys.argv[3])
+        report(start)
     elif cmd == "compare":
-        a = torch.load(sys.argv[2], weights_only=False)
-        b = torch.load(sys.argv[3], weights_only=False)
+        a = torch.load(sys.argv[2], weights_only=False, mmap=True)
+        b = torch.load(sys.argv[3], weights_only=False, mmap=True)
         r = equal(a, b)
         if r:
             print("DIFFERENT:", r)

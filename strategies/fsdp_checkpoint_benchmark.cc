@@ -1,0 +1,260 @@
+// FSDP memory and checkpoint throughput on 2 ranks (Gloo), next to Python DCP
+// on the same model in the same run:
+//   bazel run -c opt //strategies:fsdp_checkpoint_benchmark -- --dir=/some/disk/dir
+//
+// Model: --layers Linear(--width, --width) layers, each its own FSDP unit,
+// AdamW; the checkpoint (parameters + exp_avg + exp_avg_sq) is about
+// 12 * P bytes (2.06 GiB with the defaults). Prints per rank: peak resident
+// memory (VmHWM, reset between phases through /proc/self/clear_refs) against
+// 16 * P / N (parameters, gradients and Adam state of a 1/N shard); sharded
+// save and load (every rank its part), full save (rank 0 streams, one
+// parameter gathered at a time); the disk's raw O_DIRECT bandwidth; and
+// Python's dcp.save / dcp.load of the same state with FSDP2.
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/optim/adamw.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "strategies/fsdp.h"
+#include "strategies/fsdp_checkpoint.h"
+#include "strategies/launcher.h"
+#include "strategies/process_group.h"
+
+ABSL_FLAG(std::string, python, "", "Python interpreter with torch (empty: skip Python)");
+ABSL_FLAG(std::string, script, "", "fsdp_checkpoint_benchmark.py");
+ABSL_FLAG(std::string, dir, "/tmp/fsdp_checkpoint_benchmark", "scratch folder on the disk to test");
+ABSL_FLAG(int, layers, 11, "Linear layers");
+ABSL_FLAG(int, width, 4096, "layer width");
+
+namespace fabric::strategies {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+int64_t StatusField(const char* field) {  // kB fields of /proc/self/status, in bytes
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field, 0) == 0) return std::stoll(line.substr(std::strlen(field) + 1)) * 1024;
+  }
+  return -1;
+}
+void ResetPeak() {
+  std::ofstream("/proc/self/clear_refs") << "5";
+}
+double GiB(int64_t b) { return static_cast<double>(b) / (1 << 30); }
+
+struct Stack : torch::nn::Module {
+  Stack(int layers, int width) {
+    for (int i = 0; i < layers; ++i) {
+      linears.push_back(register_module(std::to_string(i), torch::nn::Linear(width, width)));
+    }
+  }
+  at::Tensor forward(const at::Tensor& x, FullyShardedDataParallel& fsdp) {
+    at::Tensor h = x;
+    for (auto& l : linears) h = fsdp.Call(*l.ptr(), [&] { return l->forward(h); });
+    return h;
+  }
+  std::vector<torch::nn::Linear> linears;
+};
+
+void Report(int rank, const std::string& what) {
+  std::cout << absl::StrFormat("rank %d %-28s rss %6.2f GiB  peak %6.2f GiB\n", rank, what,
+                               GiB(StatusField("VmRSS:")), GiB(StatusField("VmHWM:")))
+            << std::flush;
+}
+
+// Raw disk bandwidth: 2 GiB written and read back with O_DIRECT.
+void DiskBandwidth(const std::string& dir) {
+  const std::string path = dir + "/raw.bin";
+  const size_t block = size_t{16} << 20, total = size_t{2} << 30;
+  void* buf = nullptr;
+  if (posix_memalign(&buf, 4096, block) != 0) return;
+  std::memset(buf, 1, block);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT, 0644);
+  if (fd < 0) {
+    free(buf);
+    return;
+  }
+  auto t0 = Clock::now();
+  for (size_t done = 0; done < total; done += block) {
+    if (::write(fd, buf, block) != static_cast<ssize_t>(block)) break;
+  }
+  ::fsync(fd);
+  ::close(fd);
+  const double w = Seconds(t0);
+  fd = ::open(path.c_str(), O_RDONLY | O_DIRECT);
+  t0 = Clock::now();
+  for (size_t done = 0; done < total; done += block) {
+    if (::read(fd, buf, block) != static_cast<ssize_t>(block)) break;
+  }
+  ::close(fd);
+  const double r = Seconds(t0);
+  ::unlink(path.c_str());
+  free(buf);
+  std::cout << absl::StrFormat("disk raw O_DIRECT: write+fsync %.2f GB/s, read %.2f GB/s\n",
+                               total / w / 1e9, total / r / 1e9);
+}
+
+int Run() {
+  LaunchOptions lo;
+  lo.devices = 2;
+  auto launcher = Launcher::Launch(lo);
+  if (!launcher.ok()) {
+    std::cerr << launcher.status() << "\n";
+    return 1;
+  }
+  DistributedOptions dopt;
+  dopt.backend = CommBackend::kGloo;
+  auto ctx_or = DistributedContext::Create((*launcher)->cluster(), dopt);
+  if (!ctx_or.ok()) {
+    std::cerr << ctx_or.status() << "\n";
+    return 1;
+  }
+  auto ctx = *ctx_or;
+  const int rank = ctx->rank(), world = ctx->world_size();
+  const std::string dir = absl::GetFlag(FLAGS_dir);
+  std::filesystem::create_directories(dir);
+  const int layers = absl::GetFlag(FLAGS_layers), width = absl::GetFlag(FLAGS_width);
+  Report(rank, "runtime baseline");
+  const int64_t baseline = StatusField("VmRSS:");
+
+  auto model = std::make_shared<Stack>(layers, width);
+  int64_t P = 0;
+  for (const auto& p : model->parameters()) P += p.numel();
+  FsdpOptions options;
+  options.wrap_policy = WrapModuleTypes({"LinearImpl"});
+  auto fsdp_or = FullyShardedDataParallel::Create(model, ctx, options);
+  if (!fsdp_or.ok()) {
+    std::cerr << fsdp_or.status() << "\n";
+    return 1;
+  }
+  auto& fsdp = **fsdp_or;
+  const int64_t unit_bytes = static_cast<int64_t>(width) * (width + 1) * 4;
+  if (rank == 0) {
+    std::cout << absl::StrFormat(
+        "model: %d x Linear(%d, %d) = %.1f M parameters; checkpoint %.2f GiB; 16*P/N = %.2f GiB; "
+        "one unit's full params+grads = %.2f GiB\n",
+        layers, width, width, P / 1e6, GiB(12 * P), GiB(16 * P / world), GiB(2 * unit_bytes));
+  }
+  Report(rank, "after sharding");
+  torch::optim::AdamW opt(fsdp.parameters(), torch::optim::AdamWOptions(1e-4));
+  ResetPeak();
+  auto t0 = Clock::now();
+  for (int step = 0; step < 2; ++step) {
+    opt.zero_grad();
+    at::Tensor x = at::randn({4, width});
+    at::Tensor loss = fsdp.Forward([&] { return model->forward(x, fsdp); }).square().mean();
+    loss.backward();
+    opt.step();
+  }
+  const double train_s = Seconds(t0);
+  Report(rank, "training (2 steps)");
+  std::cout << absl::StrFormat(
+      "rank %d training peak above baseline %.2f GiB vs 16*P/N + unit = %.2f GiB (%.1f s)\n", rank,
+      GiB(StatusField("VmHWM:") - baseline), GiB(16 * P / world + 2 * unit_bytes), train_s);
+
+  FsdpState state;
+  state.Model("model", fsdp).Optimizer("optimizer", opt).Set("step", 2);
+  const std::string sharded = dir + "/cpp_sharded";
+  (void)ctx->Barrier();
+  ResetPeak();
+  t0 = Clock::now();
+  absl::Status s = FsdpSaveCheckpoint(sharded, state, ctx.get());
+  const double save_s = Seconds(t0);
+  if (!s.ok()) std::cerr << s << "\n";
+  Report(rank, "sharded save");
+  ::sync();
+  (void)ctx->Barrier();
+  ResetPeak();
+  t0 = Clock::now();
+  auto loaded = FsdpLoadCheckpoint(sharded, state, ctx.get());
+  (void)ctx->Barrier();
+  const double load_s = Seconds(t0);
+  if (!loaded.ok()) std::cerr << loaded.status() << "\n";
+  Report(rank, "sharded load");
+
+  const std::string full = dir + "/cpp_full.pt";
+  FsdpCheckpointOptions fo;
+  fo.state_dict_type = StateDictType::kFull;
+  (void)ctx->Barrier();
+  ResetPeak();
+  const int64_t before_full = StatusField("VmRSS:");
+  t0 = Clock::now();
+  s = FsdpSaveCheckpoint(full, state, ctx.get(), fo);
+  const double full_s = Seconds(t0);
+  if (!s.ok()) std::cerr << s << "\n";
+  Report(rank, "full save");
+  if (rank == 0) {
+    std::cout << absl::StrFormat(
+        "rank 0 full save peak above its shard state: %.2f GiB (bound: largest unit %.2f GiB + "
+        "64 MiB)\n",
+        GiB(StatusField("VmHWM:") - before_full), GiB(unit_bytes));
+  }
+  (void)ctx->Barrier();
+  const double bytes = static_cast<double>(12 * P);
+  if (rank == 0) {
+    std::cout << absl::StrFormat(
+        "C++ sharded save %.2f s (%.2f GB/s), load %.2f s (%.2f GB/s); full save %.2f s "
+        "(%.2f GB/s)\n",
+        save_s, bytes / save_s / 1e9, load_s, bytes / load_s / 1e9, full_s, bytes / full_s / 1e9);
+  }
+  (void)ctx->Barrier();
+  model.reset();
+  if (rank == 0) {
+    (*launcher)->Finish(absl::Minutes(5)).IgnoreError();
+    DiskBandwidth(dir);
+    const std::string python = absl::GetFlag(FLAGS_python);
+    if (!python.empty()) {
+      const std::string cmd = absl::StrCat(python, " ", absl::GetFlag(FLAGS_script), " ", dir,
+                                           "/py_sharded ", layers, " ", width, " 2>/dev/null");
+      FILE* p = ::popen(cmd.c_str(), "r");
+      char line[256];
+      double py_save = 0, py_load = 0;
+      while (p != nullptr && std::fgets(line, sizeof(line), p) != nullptr) {
+        std::sscanf(line, "py_save_s=%lf", &py_save);
+        std::sscanf(line, "py_load_s=%lf", &py_load);
+        std::cout << "  " << line;
+      }
+      if (p != nullptr) ::pclose(p);
+      if (py_save > 0 && py_load > 0) {
+        std::cout << absl::StrFormat(
+            "Python DCP (FSDP2, 2 ranks) save %.2f s (%.2f GB/s), load %.2f s (%.2f GB/s)\n",
+            py_save, bytes / py_save / 1e9, py_load, bytes / py_load / 1e9);
+      }
+    }
+    std::filesystem::remove_all(dir);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace fabric::strategies
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return fabric::strategies::Run();
+}

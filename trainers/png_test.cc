@@ -1,0 +1,69 @@
+#include "trainers/png.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace {
+
+std::string g_python, g_checker;
+
+std::string Tmp(const std::string& name) {
+  return absl::StrCat(std::getenv("TEST_TMPDIR"), "/", name);
+}
+
+int Check(const std::string& args) {
+  return std::system(absl::StrCat(g_python, " ", g_checker, " ", args).c_str());
+}
+
+TEST(Png, PythonDecodesPixelsExactly) {
+  fabric::trainers::RgbImage img(7, 5, 0x102030);
+  img.Set(0, 0, 0xFF0000);
+  img.Set(6, 4, 0x00FF7F);
+  img.Line(0, 2, 6, 2, 0x0000FF);
+  absl::StatusOr<std::string> png = fabric::trainers::EncodePng(img);
+  ASSERT_TRUE(png.ok()) << png.status();
+  const std::string path = Tmp("small.png");
+  std::ofstream(path, std::ios::binary) << *png;
+  EXPECT_EQ(Check(absl::StrCat(path, " 7 5 0,0,ff0000 6,4,00ff7f 3,2,0000ff 1,1,102030")), 0);
+  // A wrong expectation is caught (the checker really compares).
+  EXPECT_NE(Check(absl::StrCat(path, " 7 5 1,1,ffffff")), 0);
+}
+
+TEST(Png, EmptyImageIsAnError) {
+  fabric::trainers::RgbImage img(0, 0);
+  EXPECT_FALSE(fabric::trainers::EncodePng(img).ok());
+}
+
+TEST(Png, LineChartDrawsCurveAndAxes) {
+  const fabric::trainers::RgbImage img =
+      fabric::trainers::DrawLineChart({1, 2, 3, 4}, {10, 8, 7, 6.5}, 200, 100);
+  int curve = 0;
+  for (int y = 0; y < img.height; ++y) {
+    for (int x = 0; x < img.width; ++x) curve += img.Get(x, y) == 0x1F5FBF;
+  }
+  EXPECT_GT(curve, 100);                // the line spans the plot
+  EXPECT_EQ(img.Get(40, 50), 0x404040u);  // the y axis
+  // The first point (highest loss) is near the top left, the last lower right.
+  const std::string path = Tmp("chart.png");
+  ASSERT_TRUE(fabric::trainers::WriteLineChartPng(path, {1, 2, 3}, {3, 2, 1}).ok());
+  EXPECT_EQ(Check(absl::StrCat(path, " 640 400 0,0,ffffff")), 0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  testing::InitGoogleTest(&argc, argv);
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: %s PYTHON CHECK_PNG_PY\n", argv[0]);
+    return 2;
+  }
+  g_python = argv[1];
+  g_checker = argv[2];
+  return RUN_ALL_TESTS();
+}

@@ -1,0 +1,726 @@
+#include "trainers/trainer.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/optim/adamw.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "checkpoint/value.h"
+#include "fabric/fabric.h"
+#include "strategies/fsdp.h"
+#include "strategies/fsdp_checkpoint.h"
+#include "strategies/process_group.h"
+#include "strategies/strategy.h"
+#include "trainers/checkpoints.h"
+#include "trainers/png.h"
+#include "trainers/transformer.h"
+#include "trainers/wikitext2.h"
+
+namespace fabric::trainers {
+namespace fs = std::filesystem;
+using strategies::DistributedContext;
+
+#define TRAINER_RETURN_IF_ERROR(expr)          \
+  do {                                         \
+    absl::Status _st = (expr);                 \
+    if (!_st.ok()) return _st;                 \
+  } while (0)
+
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+struct Memory {
+  double rss_mib = 0;
+  double peak_mib = 0;
+};
+
+// This process's resident memory now and at its peak (CPU training: that is
+// the memory the run needs).
+Memory ReadMemory() {
+  Memory m;
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  if (statm >> size >> resident) {
+    m.rss_mib = static_cast<double>(resident) * sysconf(_SC_PAGESIZE) / (1 << 20);
+  }
+  struct rusage ru {};
+  if (getrusage(RUSAGE_SELF, &ru) == 0) m.peak_mib = static_cast<double>(ru.ru_maxrss) / 1024;
+  return m;
+}
+
+std::string Gib(double mib) { return absl::StrFormat("%.2f GiB", mib / 1024); }
+
+std::string ErrorText(const std::exception& e) {
+  // c10::Error's what() carries a C++ backtrace; the first line is the message.
+  std::string s = e.what();
+  const size_t nl = s.find('\n');
+  return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+// ---------------------------------------------------------------------------
+// The generators' state: dropout draws from the default CPU generator.
+
+at::Tensor CpuRngState() {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void SetCpuRngState(const at::Tensor& state) {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+// ---------------------------------------------------------------------------
+// How a strategy runs the model and saves it.
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual at::Tensor ForwardLoss(const at::Tensor& inputs, const at::Tensor& target) = 0;
+  virtual absl::Status Backward(const at::Tensor& loss) = 0;
+  virtual torch::optim::Optimizer& optimizer() = 0;
+  // Saves model, optimizer and `values` (plain entries) to `path`.
+  virtual absl::Status Save(const std::string& path, const Dict& values) = 0;
+  // Restores model and optimizer and replaces each entry of `values` by the
+  // saved one (all must be present).
+  virtual absl::Status Load(const std::string& path, Dict& values) = 0;
+};
+
+// Single device and DDP: Fabric places, wraps, syncs, saves one file.
+class FabricEngine : public Engine {
+ public:
+  FabricEngine(Fabric& fabric, std::shared_ptr<Transformer> model,
+               std::shared_ptr<torch::optim::AdamW> opt)
+      : fabric_(fabric), model_(std::move(model)), opt_(std::move(opt)) {}
+
+  at::Tensor ForwardLoss(const at::Tensor& inputs, const at::Tensor& target) override {
+    AutocastGuard autocast = fabric_.Autocast();
+    at::Tensor log_probs = model_->forward(inputs, target);
+    return TransformerLoss(log_probs.to(at::kFloat), target);
+  }
+  absl::Status Backward(const at::Tensor& loss) override { return fabric_.Backward(loss); }
+  torch::optim::Optimizer& optimizer() override { return *opt_; }
+
+  absl::Status Save(const std::string& path, const Dict& values) override {
+    State state{{"model", std::static_pointer_cast<torch::nn::Module>(model_)}, {"optimizer", opt_}};
+    for (const auto& [k, v] : values) state.Set(k.as_string(), StateEntry(v));
+    return fabric_.Save(path, state);
+  }
+  absl::Status Load(const std::string& path, Dict& values) override {
+    State state{{"model", std::static_pointer_cast<torch::nn::Module>(model_)}, {"optimizer", opt_}};
+    for (const auto& [k, v] : values) state.Set(k.as_string(), StateEntry(v));
+    absl::StatusOr<Dict> rest = fabric_.Load(path, state, /*strict=*/true);
+    if (!rest.ok()) return rest.status();
+    for (auto& [k, v] : values.mutable_items()) v = state[k.as_string()].value();
+    return absl::OkStatus();
+  }
+
+ private:
+  Fabric& fabric_;
+  std::shared_ptr<Transformer> model_;
+  std::shared_ptr<torch::optim::AdamW> opt_;
+};
+
+// FSDP: every encoder and decoder layer is a unit, fully sharded (gathered
+// for its forward and again for its backward); the root unit holds the
+// embedding, the final norms and the output projection.
+class FsdpEngine : public Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<FsdpEngine>> Create(
+      std::shared_ptr<Transformer> model, std::shared_ptr<DistributedContext> context,
+      strategies::FsdpPrecision precision, strategies::StateDictType type, double lr,
+      double weight_decay) {
+    std::unique_ptr<FsdpEngine> e(new FsdpEngine());
+    e->model_ = model;
+    e->context_ = context;
+    e->type_ = type;
+    strategies::FsdpOptions options;
+    options.wrap_policy =
+        strategies::WrapModuleTypes({"TransformerEncoderLayer", "TransformerDecoderLayer"});
+    options.sharding_strategy = strategies::ShardingStrategy::kFullShard;
+    options.precision = precision;
+    absl::StatusOr<std::unique_ptr<strategies::FullyShardedDataParallel>> fsdp =
+        strategies::FullyShardedDataParallel::Create(model, context, options);
+    if (!fsdp.ok()) return fsdp.status();
+    e->fsdp_ = *std::move(fsdp);
+    e->opt_ = std::make_unique<torch::optim::AdamW>(
+        e->fsdp_->parameters(), torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
+    return e;
+  }
+
+  // Transformer::forward with each layer run through its unit.
+  at::Tensor ForwardLoss(const at::Tensor& inputs, const at::Tensor& target) override {
+    Transformer& m = *model_;
+    strategies::FullyShardedDataParallel& fsdp = *fsdp_;
+    const double scale = std::sqrt(static_cast<double>(m.config().ninp));
+    at::Tensor logits = fsdp.Forward([&] {
+      at::Tensor src = fsdp.CastInput(m.pos_encoder->forward(m.embedding->forward(inputs) * scale));
+      at::Tensor tgt = fsdp.CastInput(m.pos_encoder->forward(m.embedding->forward(target) * scale));
+      at::Tensor memory = src;
+      for (const auto& layer : m.transformer->encoder->layers->layers()) {
+        memory = fsdp.Call(*layer, [&] { return layer->forward(memory); });
+      }
+      memory = m.transformer->encoder->norm->forward(memory);
+      at::Tensor x = tgt;
+      for (const auto& layer : m.transformer->decoder->layers->layers()) {
+        x = fsdp.Call(*layer, [&] { return layer->forward(x, memory); });
+      }
+      x = m.transformer->decoder->norm->forward(x);
+      return m.decoder->forward(x);
+    });
+    at::Tensor log_probs = at::log_softmax(logits.to(at::kFloat), -1).view({-1, m.config().vocab_size});
+    return TransformerLoss(log_probs, target);
+  }
+  absl::Status Backward(const at::Tensor& loss) override {
+    loss.backward();  // gradients are reduce-scattered into the shards
+    return absl::OkStatus();
+  }
+  torch::optim::Optimizer& optimizer() override { return *opt_; }
+
+  absl::Status Save(const std::string& path, const Dict& values) override {
+    strategies::FsdpState state;
+    state.Model("model", *fsdp_).Optimizer("optimizer", *opt_);
+    for (const auto& [k, v] : values) state.Set(k.as_string(), v);
+    strategies::FsdpCheckpointOptions options;
+    options.state_dict_type = type_;
+    return strategies::FsdpSaveCheckpoint(path, state, context_.get(), options);
+  }
+  absl::Status Load(const std::string& path, Dict& values) override {
+    strategies::FsdpState state;
+    state.Model("model", *fsdp_).Optimizer("optimizer", *opt_);
+    for (const auto& [k, v] : values) state.Set(k.as_string(), v);
+    strategies::FsdpCheckpointOptions options;
+    options.strict = true;
+    absl::StatusOr<Dict> rest = strategies::FsdpLoadCheckpoint(path, state, context_.get(), options);
+    if (!rest.ok()) return rest.status();
+    for (auto& [k, v] : values.mutable_items()) {
+      if (const Value* loaded = state.Find(k.as_string())) v = *loaded;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  FsdpEngine() = default;
+  std::shared_ptr<Transformer> model_;
+  std::shared_ptr<DistributedContext> context_;
+  strategies::StateDictType type_ = strategies::StateDictType::kSharded;
+  std::unique_ptr<strategies::FullyShardedDataParallel> fsdp_;
+  std::unique_ptr<torch::optim::AdamW> opt_;
+};
+
+// ---------------------------------------------------------------------------
+// metrics.csv: one row per step, rewritten on resume up to the resumed step.
+
+struct MetricsRow {
+  int64_t step = 0;
+  int64_t epoch = 0;
+  double loss = 0;
+  double tokens_per_sec = 0;
+  double step_seconds = 0;
+  double rss_mib = 0;
+  double peak_rss_mib = 0;
+};
+
+constexpr char kMetricsHeader[] =
+    "step,epoch,loss,tokens_per_sec,step_seconds,rss_mib,peak_rss_mib";
+
+std::string FormatRow(const MetricsRow& r) {
+  return absl::StrFormat("%d,%d,%.9g,%.1f,%.6f,%.1f,%.1f", r.step, r.epoch, r.loss,
+                         r.tokens_per_sec, r.step_seconds, r.rss_mib, r.peak_rss_mib);
+}
+
+// The rows of an existing metrics file with step <= `up_to`.
+std::vector<MetricsRow> ReadMetrics(const std::string& path, int64_t up_to) {
+  std::vector<MetricsRow> rows;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, ',');
+    MetricsRow r;
+    if (f.size() != 7 || !absl::SimpleAtoi(f[0], &r.step)) continue;  // header or junk
+    if (r.step > up_to) continue;
+    (void)absl::SimpleAtoi(f[1], &r.epoch);
+    (void)absl::SimpleAtod(f[2], &r.loss);
+    (void)absl::SimpleAtod(f[3], &r.tokens_per_sec);
+    (void)absl::SimpleAtod(f[4], &r.step_seconds);
+    (void)absl::SimpleAtod(f[5], &r.rss_mib);
+    (void)absl::SimpleAtod(f[6], &r.peak_rss_mib);
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+absl::Status WriteMetrics(const std::string& path, const std::vector<MetricsRow>& rows) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << kMetricsHeader << "\n";
+    for (const MetricsRow& r : rows) out << FormatRow(r) << "\n";
+    if (!out) return absl::UnavailableError(absl::StrCat("cannot write metrics file ", tmp));
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+Dict Hparams(const TrainerOptions& o, const TransformerConfig& c, const WikiText2& data,
+             const std::string& split, int world_size) {
+  Dict d;
+  d.Set("preset", o.preset);
+  d.Set("vocab_size", c.vocab_size);
+  d.Set("ninp", c.ninp);
+  d.Set("nhead", c.nhead);
+  d.Set("nhid", c.nhid);
+  d.Set("nlayers", c.nlayers);
+  d.Set("dropout", c.dropout);
+  d.Set("block_size", o.block_size);
+  d.Set("split", split);
+  d.Set("data_file", data.path());
+  d.Set("strategy", o.strategy);
+  d.Set("precision", o.precision);
+  d.Set("world_size", world_size);
+  d.Set("batch_size", o.batch_size);
+  d.Set("lr", o.lr);
+  d.Set("seed", static_cast<int64_t>(o.seed));
+  return d;
+}
+
+// A value of `d` as an int, or an error naming the checkpoint and key.
+absl::StatusOr<int64_t> IntEntry(const Dict& d, const std::string& key, const std::string& where) {
+  const Value* v = d.Find(key);
+  if (v == nullptr || !v->is_int()) {
+    return absl::DataLossError(absl::StrCat(where, ": entry '", key, "' is missing or not an int"));
+  }
+  return v->as_int();
+}
+
+bool FileExists(const std::string& path) {
+  std::error_code ec;
+  return fs::exists(path, ec);
+}
+
+}  // namespace
+
+std::string DefaultDataDir() {
+  const char* ws = std::getenv("BUILD_WORKSPACE_DIRECTORY");
+  const std::string base = ws != nullptr && *ws != '\0' ? std::string(ws) : std::string(".");
+  const std::string shared = (fs::path(base) / ".." / "shared" / "data" / "wikitext-2")
+                                 .lexically_normal()
+                                 .string();
+  if (FileExists(shared)) return shared;
+  return ResolveUserPath("data/wikitext-2");
+}
+
+absl::StatusOr<TrainerOptions> ResolveTrainerOptions(TrainerOptions o) {
+  if (o.strategy != "single_device" && o.strategy != "ddp" && o.strategy != "fsdp") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--strategy: '", o.strategy, "' is not one of single_device, ddp, fsdp"));
+  }
+  if (o.devices < 1) return absl::InvalidArgumentError("--devices: must be at least 1");
+  if (o.strategy == "single_device" && o.devices != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--devices=", o.devices, ": the single_device strategy runs one process "
+        "(use //trainers:ddp_train or //trainers:fsdp_train for more)"));
+  }
+  if (o.batch_size < 1) return absl::InvalidArgumentError("--batch_size: must be at least 1");
+  if (o.block_size < 1 || o.block_size >= kPositionalEncodingMaxLen) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--block_size: must be in [1, ", kPositionalEncodingMaxLen - 1, "]"));
+  }
+  if (!(o.lr > 0)) return absl::InvalidArgumentError("--lr: must be positive");
+  if (o.steps < 0) return absl::InvalidArgumentError("--steps: must not be negative");
+  if (o.checkpoint_interval < 0) {
+    return absl::InvalidArgumentError("--checkpoint_interval: must not be negative");
+  }
+  if (o.log_every < 1) o.log_every = 1;
+  if (o.state_dict_type.empty()) o.state_dict_type = o.strategy == "fsdp" ? "sharded" : "full";
+  if (o.state_dict_type != "sharded" && o.state_dict_type != "full") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--state_dict_type: '", o.state_dict_type, "' is not one of sharded, full"));
+  }
+  if (o.state_dict_type == "sharded" && o.strategy != "fsdp") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--state_dict_type=sharded needs --strategy=fsdp (", o.strategy,
+        " saves one full file)"));
+  }
+  if (o.split != "auto") {
+    if (absl::StatusOr<WikiText2Split> s = ParseWikiText2Split(o.split); !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--split: '", o.split, "' is not one of auto, train, valid, test"));
+    }
+  }
+  if (absl::StatusOr<TransformerConfig> c = TransformerPreset(o.preset, 100); !c.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--preset: ", c.status().message()));
+  }
+  o.data_dir = o.data_dir.empty() ? DefaultDataDir() : ResolveUserPath(o.data_dir);
+  o.out_dir = ResolveUserPath(o.out_dir.empty() ? absl::StrCat("runs/", o.name) : o.out_dir);
+  o.checkpoint_dir = o.checkpoint_dir.empty() ? (fs::path(o.out_dir) / "checkpoints").string()
+                                              : ResolveUserPath(o.checkpoint_dir);
+  return o;
+}
+
+absl::Status RunTrainer(const TrainerOptions& raw) {
+  absl::StatusOr<TrainerOptions> resolved = ResolveTrainerOptions(raw);
+  if (!resolved.ok()) return resolved.status();
+  const TrainerOptions& o = *resolved;
+
+  // --- Fabric: launch the ranks. FSDP uses Fabric's launcher and process
+  // group (the "ddp" strategy object) and shards with
+  // strategies::FullyShardedDataParallel itself, because the Transformer's
+  // layers must each run inside their FSDP unit.
+  FabricOptions fo;
+  fo.accelerator = o.accelerator;
+  fo.devices = o.devices;
+  fo.strategy = o.strategy == "fsdp" ? "ddp" : o.strategy;
+  fo.precision = o.precision;
+  absl::StatusOr<std::unique_ptr<Fabric>> fabric_or = Fabric::Create(fo);
+  if (!fabric_or.ok()) return fabric_or.status();
+  Fabric& fabric = **fabric_or;
+  TRAINER_RETURN_IF_ERROR(fabric.Launch());
+  const int rank = fabric.global_rank(), world = fabric.world_size();
+  const c10::Device device = fabric.device();
+  if (o.devices > 1) {
+    // The ranks share this machine's cores (as torchrun's OMP_NUM_THREADS).
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    at::set_num_threads(std::max(1, cores / o.devices));
+  }
+  DistributedContext* raw_context = fabric.strategy().context();
+  // Fabric owns the context and outlives everything here: a non-owning handle.
+  std::shared_ptr<DistributedContext> context(std::shared_ptr<DistributedContext>(), raw_context);
+
+  // --- Data.
+  std::string split_name = o.split;
+  if (split_name == "auto") {
+    split_name = "train";
+    bool have_train = false;
+    for (const std::string& n : WikiText2FileNames(WikiText2Split::kTrain)) {
+      have_train = have_train || FileExists((fs::path(o.data_dir) / n).string());
+    }
+    if (!have_train) {
+      split_name = "valid";
+      fabric.Print(absl::StrCat("note: no train split (wikitext-2.txt or train.txt) in ", o.data_dir,
+                                "; training on the valid split (valid.txt). Pass --split=train "
+                                "to require the train split."));
+    }
+  }
+  absl::StatusOr<WikiText2> data_or =
+      WikiText2::Load(o.data_dir, *ParseWikiText2Split(split_name), o.block_size);
+  if (!data_or.ok()) {
+    return absl::Status(data_or.status().code(),
+                        absl::StrCat("--data_dir/--split: ", data_or.status().message()));
+  }
+  auto data = std::make_shared<const WikiText2>(*std::move(data_or));
+  WikiText2LoaderOptions lo;
+  lo.batch_size = o.batch_size;
+  lo.drop_last = true;  // equal batch shapes on every step and rank
+  lo.sampler.num_replicas = world;
+  lo.sampler.rank = rank;
+  lo.sampler.seed = o.seed;
+  absl::StatusOr<WikiText2Loader> loader_or = WikiText2Loader::Create(data, lo);
+  if (!loader_or.ok()) return loader_or.status();
+  WikiText2Loader& loader = *loader_or;
+  if (loader.batches_per_epoch() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--batch_size=", o.batch_size, ": ", data->path(), " has ", data->size(),
+        " samples, fewer than one batch per rank on ", world, " ranks"));
+  }
+
+  // --- Model (the same initial weights on every rank: seeded, and DDP/FSDP
+  // broadcast rank 0's anyway).
+  TransformerConfig config = *TransformerPreset(o.preset, data->vocab_size());
+  const int64_t num_params = TransformerParameterCount(config);
+  fabric.Print(absl::StrCat(o.name, ": ", o.strategy, " on ", world, " x ", device.str(), ", ",
+                            o.precision, ", preset ", o.preset, " (", num_params,
+                            " parameters, vocab ", config.vocab_size, "), ", split_name, " split: ",
+                            data->size(), " samples of ", o.block_size, " tokens, ",
+                            loader.batches_per_epoch(), " batches of ", o.batch_size,
+                            " per rank per epoch"));
+  torch::manual_seed(o.seed);
+  auto model = std::make_shared<Transformer>(config);
+  std::unique_ptr<Engine> engine;
+  if (o.strategy == "fsdp") {
+    if (context == nullptr) return absl::InternalError("fsdp: Fabric did not start a process group");
+    absl::StatusOr<Precision> precision = ParsePrecision(o.precision);
+    if (!precision.ok()) return precision.status();
+    if (precision->param_dtype != c10::kFloat) model->to(precision->param_dtype);
+    model->to(device);
+    absl::StatusOr<std::unique_ptr<FsdpEngine>> e = FsdpEngine::Create(
+        model, context,
+        precision->autocast ? strategies::FsdpPrecision::kBf16Mixed
+                            : strategies::FsdpPrecision::k32True,
+        o.state_dict_type == "sharded" ? strategies::StateDictType::kSharded
+                                       : strategies::StateDictType::kFull,
+        o.lr, o.weight_decay);
+    if (!e.ok()) return e.status();
+    engine = *std::move(e);
+  } else {
+    TRAINER_RETURN_IF_ERROR(fabric.SetupModule(model));
+    auto opt = std::make_shared<torch::optim::AdamW>(
+        model->parameters(), torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+    engine = std::make_unique<FabricEngine>(fabric, model, opt);
+  }
+  model->train();
+  // Each rank its own dropout stream.
+  torch::manual_seed(o.seed + 1000003ULL * static_cast<uint64_t>(rank + 1));
+
+  // --- Resume.
+  int64_t step = 0;
+  std::error_code ec;
+  if (rank == 0) fs::create_directories(o.checkpoint_dir, ec);
+  if (rank == 0) fs::create_directories(o.out_dir, ec);
+  TRAINER_RETURN_IF_ERROR(fabric.Barrier());
+  std::string last_checkpoint;
+  if (o.resume) {
+    absl::StatusOr<std::optional<CheckpointEntry>> latest = LatestCheckpoint(o.checkpoint_dir);
+    if (!latest.ok()) return latest.status();
+    if (!latest->has_value()) {
+      fabric.Print(absl::StrCat("--resume: no complete checkpoint in ", o.checkpoint_dir,
+                                "; starting from step 0"));
+    } else {
+      const std::string path = (*latest)->path;
+      Dict values;
+      values.Set("step", int64_t{0});
+      values.Set("loader", Value::MakeDict());
+      values.Set("rng_states", Value());
+      values.Set("hparams", Value::MakeDict());
+      const double t0 = Now();
+      TRAINER_RETURN_IF_ERROR(engine->Load(path, values));
+      absl::StatusOr<int64_t> saved_step = IntEntry(values, "step", path);
+      if (!saved_step.ok()) return saved_step.status();
+      step = *saved_step;
+      const Value* loader_value = values.Find("loader");
+      if (!loader_value->is_dict()) {
+        return absl::DataLossError(absl::StrCat(path, ": entry 'loader' is not a dict"));
+      }
+      LoaderPosition pos;
+      for (const char* key : {"epoch", "batch_index", "seed"}) {
+        absl::StatusOr<int64_t> v = IntEntry(loader_value->as_dict(), key, path + " loader");
+        if (!v.ok()) return v.status();
+        if (std::string(key) == "epoch") pos.epoch = *v;
+        else if (std::string(key) == "batch_index") pos.batch_index = *v;
+        else pos.seed = static_cast<uint64_t>(*v);
+      }
+      if (absl::Status s = loader.Restore(pos); !s.ok()) {
+        return absl::Status(s.code(), absl::StrCat(path, ": loader position: ", s.message(),
+                                                   " (resume with the same --batch_size, "
+                                                   "--devices and data)"));
+      }
+      const Value* rng = values.Find("rng_states");
+      const int64_t state_bytes = CpuRngState().numel();
+      if (rng->is_tensor() && rng->as_tensor().scalar_type() == at::kByte &&
+          rng->as_tensor().dim() == 2 && rng->as_tensor().size(0) == world &&
+          rng->as_tensor().size(1) == state_bytes) {
+        // A fresh tensor: set_state reads the bytes from the storage's start.
+        SetCpuRngState(rng->as_tensor()[rank].clone());
+      } else if (!rng->is_tensor() || rng->as_tensor().dim() != 2 ||
+                 rng->as_tensor().size(1) != state_bytes) {
+        return absl::DataLossError(absl::StrCat(
+            path, ": entry 'rng_states' is not a uint8 [world_size, ", state_bytes, "] tensor"));
+      } else {
+        fabric.Print(absl::StrCat("note: ", path, " holds random states for another world size; "
+                                  "re-seeding dropout (the run continues, not bit-exactly)"));
+        torch::manual_seed(o.seed + 7919ULL * static_cast<uint64_t>(step) +
+                           1000003ULL * static_cast<uint64_t>(rank + 1));
+      }
+      last_checkpoint = path;
+      fabric.Print(absl::StrFormat("resumed from %s at step %d (epoch %d, batch %d) in %.2f s",
+                                   path, step, pos.epoch, pos.batch_index, Now() - t0));
+    }
+  }
+
+  // --- Metrics (rank 0).
+  const std::string metrics_path = (fs::path(o.out_dir) / "metrics.csv").string();
+  const std::string png_path = (fs::path(o.out_dir) / "loss.png").string();
+  std::vector<MetricsRow> rows;
+  if (rank == 0 && step > 0) rows = ReadMetrics(metrics_path, step);
+
+  const Dict hparams = Hparams(o, config, *data, split_name, world);
+  double total_save_seconds = 0, last_save_seconds = 0;
+  int saves = 0;
+  auto save = [&](int64_t at_step) -> absl::Status {
+    const std::string path = (fs::path(o.checkpoint_dir) / CheckpointName(at_step)).string();
+    // A leftover of an interrupted save under the same name goes first.
+    if (rank == 0 && FileExists(path)) fs::remove_all(path, ec);
+    TRAINER_RETURN_IF_ERROR(fabric.Barrier());
+    Dict values;
+    values.Set("step", at_step);
+    const LoaderPosition pos = loader.position();
+    Dict loader_state;
+    loader_state.Set("epoch", pos.epoch);
+    loader_state.Set("batch_index", pos.batch_index);
+    loader_state.Set("seed", static_cast<int64_t>(pos.seed));
+    values.Set("loader", loader_state);
+    at::Tensor rng = CpuRngState();
+    if (context != nullptr && world > 1) {
+      absl::StatusOr<std::vector<at::Tensor>> all = context->AllGather(rng);
+      if (!all.ok()) return all.status();
+      rng = at::stack(*all);
+    } else {
+      rng = rng.unsqueeze(0);
+    }
+    values.Set("rng_states", rng);
+    values.Set("hparams", Value(hparams));
+    const double t0 = Now();
+    TRAINER_RETURN_IF_ERROR(engine->Save(path, values));
+    TRAINER_RETURN_IF_ERROR(fabric.Barrier());  // committed on every rank
+    last_save_seconds = Now() - t0;
+    total_save_seconds += last_save_seconds;
+    ++saves;
+    last_checkpoint = path;
+    std::string removed_note;
+    if (rank == 0) {
+      absl::StatusOr<std::vector<std::string>> removed =
+          PruneCheckpoints(o.checkpoint_dir, o.keep_checkpoints);
+      if (!removed.ok()) return removed.status();
+      if (!removed->empty()) removed_note = absl::StrCat(", removed ", removed->size(), " older");
+    }
+    TRAINER_RETURN_IF_ERROR(fabric.Barrier());
+    fabric.Print(absl::StrFormat("saved %s (%s, %s) in %.2f s%s", path, o.state_dict_type,
+                                 strategies::HumanBytes(PathBytes(path)), last_save_seconds,
+                                 removed_note));
+    return absl::OkStatus();
+  };
+
+  // --- Train.
+  const int64_t first_step = step;
+  double timed_seconds = 0;
+  int64_t timed_steps = 0, timed_tokens = 0;
+  try {
+    while (step < o.steps) {
+      const double t0 = Now();
+      LmBatch batch = loader.Next();
+      at::Tensor inputs = batch.inputs.to(device), target = batch.target.to(device);
+      engine->optimizer().zero_grad();
+      at::Tensor loss = engine->ForwardLoss(inputs, target);
+      TRAINER_RETURN_IF_ERROR(engine->Backward(loss));
+      engine->optimizer().step();
+      ++step;
+      at::Tensor logged = loss.detach().to(at::kCPU, at::kDouble).reshape({1}).clone();
+      if (context != nullptr && world > 1) {
+        TRAINER_RETURN_IF_ERROR(context->AllReduce(logged, strategies::ReduceOp::kAvg));
+      }
+      const double seconds = Now() - t0;
+      const int64_t tokens = inputs.numel() * world;
+      if (step > first_step + 1 || o.steps - first_step == 1) {  // the first step warms up
+        timed_seconds += seconds;
+        timed_tokens += tokens;
+        ++timed_steps;
+      }
+      const Memory mem = ReadMemory();
+      MetricsRow row{step,        batch.epoch,  logged.item<double>(), tokens / seconds,
+                     seconds,     mem.rss_mib,  mem.peak_mib};
+      if (rank == 0) rows.push_back(row);
+      if (!std::isfinite(row.loss)) {
+        return absl::InternalError(absl::StrCat("step ", step, ": the loss is ", row.loss,
+                                                " (try a smaller --lr)"));
+      }
+      if (step % o.log_every == 0 || step == o.steps) {
+        fabric.Print(absl::StrFormat(
+            "step %d/%d | epoch %d | loss %.4f | %.0f tok/s | %.3f s/step | rss %s (peak %s)", step,
+            o.steps, batch.epoch, row.loss, row.tokens_per_sec, seconds, Gib(mem.rss_mib),
+            Gib(mem.peak_mib)));
+      }
+      const bool interval_hit = o.checkpoint_interval > 0 && step % o.checkpoint_interval == 0;
+      if (interval_hit || (o.save_last && step == o.steps)) {
+        if (rank == 0) TRAINER_RETURN_IF_ERROR(WriteMetrics(metrics_path, rows));
+        TRAINER_RETURN_IF_ERROR(save(step));
+      }
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(o.name, " rank ", rank, " at step ", step + 1, ": ",
+                                            ErrorText(e)));
+  }
+
+  // --- Reload (benchmarks).
+  double load_seconds = -1;
+  if (o.time_load && !last_checkpoint.empty()) {
+    Dict values;
+    values.Set("step", int64_t{0});
+    values.Set("loader", Value::MakeDict());
+    values.Set("rng_states", Value());
+    values.Set("hparams", Value::MakeDict());
+    const double t0 = Now();
+    TRAINER_RETURN_IF_ERROR(engine->Load(last_checkpoint, values));
+    TRAINER_RETURN_IF_ERROR(fabric.Barrier());
+    load_seconds = Now() - t0;
+  }
+
+  // --- Summary.
+  const Memory mem = ReadMemory();
+  at::Tensor peak = at::full({1}, mem.peak_mib, at::kDouble);
+  std::vector<double> peaks{mem.peak_mib};
+  if (context != nullptr && world > 1) {
+    absl::StatusOr<std::vector<at::Tensor>> all = context->AllGather(peak);
+    if (!all.ok()) return all.status();
+    peaks.clear();
+    for (const at::Tensor& t : *all) peaks.push_back(t.item<double>());
+  }
+  if (rank == 0) {
+    TRAINER_RETURN_IF_ERROR(WriteMetrics(metrics_path, rows));
+    std::vector<double> xs, ys;
+    for (const MetricsRow& r : rows) {
+      xs.push_back(static_cast<double>(r.step));
+      ys.push_back(r.loss);
+    }
+    if (!rows.empty()) TRAINER_RETURN_IF_ERROR(WriteLineChartPng(png_path, xs, ys));
+  }
+  std::string peak_text;
+  for (size_t r = 0; r < peaks.size(); ++r) {
+    absl::StrAppend(&peak_text, r ? ", " : "", "rank ", r, " ", Gib(peaks[r]));
+  }
+  if (timed_steps > 0) {
+    fabric.Print(absl::StrFormat(
+        "summary: %d steps (%d timed) | %.3f s/step | %.3f steps/s | %.0f tok/s | peak rss: %s",
+        step - first_step, timed_steps, timed_seconds / timed_steps, timed_steps / timed_seconds,
+        timed_tokens / timed_seconds, peak_text));
+  } else {
+    fabric.Print(absl::StrCat("summary: no step run (already at step ", step, " of ", o.steps,
+                              ") | peak rss: ", peak_text));
+  }
+  if (saves > 0) {
+    fabric.Print(absl::StrFormat("checkpoint: %s | %s | last save %.2f s (%d saves, %.2f s)",
+                                 last_checkpoint, strategies::HumanBytes(PathBytes(last_checkpoint)),
+                                 last_save_seconds, saves, total_save_seconds));
+  }
+  if (load_seconds >= 0) {
+    fabric.Print(absl::StrFormat("load: %s in %.2f s", last_checkpoint, load_seconds));
+  }
+  if (rank == 0 && !rows.empty()) {
+    fabric.Print(absl::StrCat("metrics: ", metrics_path, " | loss curve: ", png_path));
+  }
+  return fabric.Finish();
+}
+
+}  // namespace fabric::trainers

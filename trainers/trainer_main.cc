@@ -1,0 +1,112 @@
+// The example trainers' command line: //trainers:single_device_train,
+// //trainers:ddp_train and //trainers:fsdp_train are this file built with a
+// different TRAINER_KIND (0, 1, 2), which only changes the defaults of
+// --strategy and --devices. See docs/trainers.md.
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "trainers/trainer.h"
+
+#ifndef TRAINER_KIND
+#define TRAINER_KIND 0
+#endif
+
+namespace {
+#if TRAINER_KIND == 2
+constexpr char kName[] = "fsdp_train";
+constexpr char kStrategy[] = "fsdp";
+constexpr int kDevices = 2;
+#elif TRAINER_KIND == 1
+constexpr char kName[] = "ddp_train";
+constexpr char kStrategy[] = "ddp";
+constexpr int kDevices = 2;
+#else
+constexpr char kName[] = "single_device_train";
+constexpr char kStrategy[] = "single_device";
+constexpr int kDevices = 1;
+#endif
+const fabric::trainers::TrainerOptions kDefaults;
+}  // namespace
+
+ABSL_FLAG(std::string, accelerator, kDefaults.accelerator,
+          "cpu, cuda (gpu) or auto (cuda when available)");
+ABSL_FLAG(int, devices, kDevices, "processes (one per device) on this machine");
+ABSL_FLAG(std::string, strategy, kStrategy, "single_device, ddp or fsdp");
+ABSL_FLAG(std::string, precision, kDefaults.precision, "32-true, bf16-mixed or bf16-true");
+ABSL_FLAG(std::string, preset, kDefaults.preset,
+          "model size: tiny (tests), demo (Lightning's demo), 1b");
+ABSL_FLAG(std::string, data_dir, "",
+          "WikiText-2 folder (default: <workspace>/../shared/data/wikitext-2 if it exists, "
+          "else data/wikitext-2)");
+ABSL_FLAG(std::string, split, kDefaults.split,
+          "train, valid, test, or auto: the train split (wikitext-2.txt or train.txt) when "
+          "present, otherwise valid.txt with a printed note; --split=train fails without it");
+ABSL_FLAG(int64_t, block_size, kDefaults.block_size, "tokens per sample");
+ABSL_FLAG(int64_t, batch_size, kDefaults.batch_size, "samples per batch, per rank");
+ABSL_FLAG(double, lr, kDefaults.lr, "AdamW learning rate");
+ABSL_FLAG(double, weight_decay, kDefaults.weight_decay, "AdamW weight decay");
+ABSL_FLAG(uint64_t, seed, kDefaults.seed, "seed of the weights, data order and dropout");
+ABSL_FLAG(int64_t, steps, kDefaults.steps,
+          "total optimizer steps (a resumed run continues up to this step)");
+ABSL_FLAG(std::string, out_dir, "",
+          "folder for metrics.csv and loss.png (default runs/<trainer name>, relative to where "
+          "you ran bazel)");
+ABSL_FLAG(std::string, checkpoint_dir, "", "checkpoint folder (default <out_dir>/checkpoints)");
+ABSL_FLAG(int64_t, checkpoint_interval, kDefaults.checkpoint_interval,
+          "save every N steps (0: only after the last step)");
+ABSL_FLAG(bool, save_last, kDefaults.save_last, "save after the last step");
+ABSL_FLAG(std::string, state_dict_type, "",
+          "sharded (FSDP: a DCP folder, one file per rank) or full (one torch.save file); "
+          "default sharded for fsdp, full otherwise");
+ABSL_FLAG(bool, resume, false, "continue from the newest complete checkpoint in checkpoint_dir");
+ABSL_FLAG(int, keep_checkpoints, kDefaults.keep_checkpoints,
+          "keep the N newest checkpoints (0: all); older ones are removed after a newer one "
+          "is complete");
+ABSL_FLAG(int64_t, log_every, kDefaults.log_every, "print a progress line every N steps");
+ABSL_FLAG(bool, time_load, false,
+          "after the last save, load it back and report the seconds (benchmarks)");
+
+#include <execinfo.h>
+#include <csignal>
+#include <unistd.h>
+static void Segv(int) { void* b[64]; int n = backtrace(b, 64); backtrace_symbols_fd(b, n, 2); _exit(3); }
+int main(int argc, char** argv) {
+  std::signal(SIGSEGV, Segv);
+  absl::SetProgramUsageMessage(absl::StrCat(
+      "Trains Lightning's demo Transformer on WikiText-2 with Fabric (", kStrategy,
+      " by default).\nExample: bazel run //trainers:", kName, " -- --steps=50 --preset=tiny"));
+  absl::ParseCommandLine(argc, argv);
+  fabric::trainers::TrainerOptions o;
+  o.name = kName;
+  o.accelerator = absl::GetFlag(FLAGS_accelerator);
+  o.devices = absl::GetFlag(FLAGS_devices);
+  o.strategy = absl::GetFlag(FLAGS_strategy);
+  o.precision = absl::GetFlag(FLAGS_precision);
+  o.preset = absl::GetFlag(FLAGS_preset);
+  o.data_dir = absl::GetFlag(FLAGS_data_dir);
+  o.split = absl::GetFlag(FLAGS_split);
+  o.block_size = absl::GetFlag(FLAGS_block_size);
+  o.batch_size = absl::GetFlag(FLAGS_batch_size);
+  o.lr = absl::GetFlag(FLAGS_lr);
+  o.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.steps = absl::GetFlag(FLAGS_steps);
+  o.out_dir = absl::GetFlag(FLAGS_out_dir);
+  o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  o.checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
+  o.save_last = absl::GetFlag(FLAGS_save_last);
+  o.state_dict_type = absl::GetFlag(FLAGS_state_dict_type);
+  o.resume = absl::GetFlag(FLAGS_resume);
+  o.keep_checkpoints = absl::GetFlag(FLAGS_keep_checkpoints);
+  o.log_every = absl::GetFlag(FLAGS_log_every);
+  o.time_load = absl::GetFlag(FLAGS_time_load);
+  if (absl::Status s = fabric::trainers::RunTrainer(o); !s.ok()) {
+    std::fprintf(stderr, "%s: %s\n", kName, std::string(s.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
