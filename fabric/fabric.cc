@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "strategies/cluster_environment.h"
+#include "strategies/fsdp_strategy.h"
 #include "strategies/launcher.h"
 #include "strategies/process_group.h"
 #include "strategies/single_file_strategy.h"
@@ -37,9 +38,19 @@ absl::StatusOr<std::unique_ptr<Fabric>> Fabric::Create(const FabricOptions& opti
         absl::StrCat("FabricOptions.num_nodes: must be at least 1, got ", options.num_nodes));
   }
   const std::string& st = options.strategy;
-  if (st != "auto" && st != "single_device" && st != "ddp") {
+  if (st != "auto" && st != "single_device" && st != "ddp" && st != "fsdp") {
     return absl::InvalidArgumentError(absl::StrCat(
-        "FabricOptions.strategy: '", st, "' is not one of auto, single_device, ddp"));
+        "FabricOptions.strategy: '", st, "' is not one of auto, single_device, ddp, fsdp"));
+  }
+  if (options.state_dict_type != "sharded" && options.state_dict_type != "full") {
+    return absl::InvalidArgumentError(absl::StrCat("FabricOptions.state_dict_type: '",
+                                                   options.state_dict_type,
+                                                   "' is not one of sharded, full"));
+  }
+  if (options.sharding_strategy != "full_shard" && options.sharding_strategy != "shard_grad_op") {
+    return absl::InvalidArgumentError(absl::StrCat("FabricOptions.sharding_strategy: '",
+                                                   options.sharding_strategy,
+                                                   "' is not one of full_shard, shard_grad_op"));
   }
   if (st == "single_device" && options.devices * options.num_nodes > 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -62,7 +73,7 @@ absl::Status Fabric::Launch() {
   absl::StatusOr<strategies::ClusterEnvironment> env = strategies::DetectClusterEnvironment();
   if (!env.ok()) return env.status();
   const bool distributed = options_.devices * options_.num_nodes > 1 || !env->needs_launch() ||
-                           options_.strategy == "ddp";
+                           options_.strategy == "ddp" || options_.strategy == "fsdp";
   if (!distributed) return EnsureStrategy();
 
   strategies::LaunchOptions launch;
@@ -79,16 +90,35 @@ absl::Status Fabric::Launch() {
       strategies::DistributedContext::Create(launcher_->cluster(), dist);
   if (!context.ok()) return context.status();
   context_ = *std::move(context);
-  strategy_ = std::make_unique<strategies::DdpStrategy>(context_);
+  if (options_.strategy == "fsdp") {
+    strategies::FsdpOptions fsdp;
+    if (!options_.fsdp_wrap_module_types.empty()) {
+      fsdp.wrap_policy = strategies::WrapModuleTypes(options_.fsdp_wrap_module_types);
+    } else if (options_.fsdp_min_unit_numel > 0) {
+      fsdp.wrap_policy = strategies::WrapBySize(options_.fsdp_min_unit_numel);
+    }
+    fsdp.sharding_strategy = options_.sharding_strategy == "shard_grad_op"
+                                 ? strategies::ShardingStrategy::kShardGradOp
+                                 : strategies::ShardingStrategy::kFullShard;
+    fsdp.precision = options_.precision == "bf16-mixed" ? strategies::FsdpPrecision::kBf16Mixed
+                                                        : strategies::FsdpPrecision::k32True;
+    strategy_ = std::make_unique<strategies::FsdpStrategy>(
+        context_, std::move(fsdp),
+        options_.state_dict_type == "full" ? strategies::StateDictType::kFull
+                                           : strategies::StateDictType::kSharded);
+  } else {
+    strategy_ = std::make_unique<strategies::DdpStrategy>(context_);
+  }
   return absl::OkStatus();
 }
 
 absl::Status Fabric::EnsureStrategy() {
   if (strategy_) return absl::OkStatus();
-  if (options_.devices * options_.num_nodes > 1) {
+  if (options_.devices * options_.num_nodes > 1 || options_.strategy == "ddp" ||
+      options_.strategy == "fsdp") {
     return absl::FailedPreconditionError(absl::StrCat(
-        "Fabric runs ", options_.devices * options_.num_nodes,
-        " processes: call Launch() before setting up modules or saving"));
+        "Fabric with strategy '", options_.strategy, "' on ", options_.devices * options_.num_nodes,
+        " process(es): call Launch() before setting up modules or saving"));
   }
   strategy_ = std::make_unique<strategies::SingleDeviceStrategy>(
       want_cuda_ ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU));
@@ -127,6 +157,16 @@ absl::Status Fabric::Setup(const std::shared_ptr<torch::nn::Module>& module,
                            const std::shared_ptr<torch::optim::Optimizer>& optimizer) {
   (void)optimizer;  // the parameters stay the same tensors: nothing to rebind
   return SetupModule(module);
+}
+
+std::vector<at::Tensor> Fabric::Parameters(const std::shared_ptr<torch::nn::Module>& module) {
+  if (strategies::FullyShardedDataParallel* f = Fsdp(*module)) return f->parameters();
+  return module->parameters();
+}
+
+strategies::FullyShardedDataParallel* Fabric::Fsdp(const torch::nn::Module& module) const {
+  auto* fsdp = dynamic_cast<strategies::FsdpStrategy*>(strategy_.get());
+  return fsdp ? fsdp->fsdp(module) : nullptr;
 }
 
 absl::Status Fabric::Backward(const at::Tensor& loss) {

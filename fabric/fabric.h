@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
@@ -34,6 +35,7 @@
 #include "fabric/precision.h"
 #include "fabric/state.h"
 #include "fabric/state_io.h"
+#include "strategies/fsdp.h"
 
 namespace fabric {
 namespace strategies {
@@ -48,8 +50,21 @@ struct FabricOptions {
   // Processes per node, one per device.
   int devices = 1;
   int num_nodes = 1;
-  // "auto" (single_device for one process, ddp for more), "single_device", "ddp".
+  // "auto" (single_device for one process, ddp for more), "single_device",
+  // "ddp" or "fsdp".
   std::string strategy = "auto";
+  // FSDP: "sharded" checkpoints (a DCP folder, every rank writes its shards)
+  // or "full" (one torch.save file written by rank 0, unit by unit).
+  std::string state_dict_type = "sharded";
+  // FSDP: "full_shard" (parameters gathered per unit, around each unit's
+  // forward and backward: wrap each unit's forward with Fsdp(m)->Call) or
+  // "shard_grad_op" (gathered for the whole step; works with any module).
+  std::string sharding_strategy = "full_shard";
+  // FSDP wrap policy: submodules whose type name is listed become units
+  // (e.g. {"TransformerEncoderLayer"}); else, if fsdp_min_unit_numel > 0,
+  // submodules with at least that many parameters; else the root alone.
+  std::vector<std::string> fsdp_wrap_module_types;
+  int64_t fsdp_min_unit_numel = 0;
   // "32-true", "bf16-mixed" (fp32 weights, bf16 autocast compute) or
   // "bf16-true" (bf16 weights).
   std::string precision = "32-true";
@@ -87,6 +102,27 @@ class Fabric {
   absl::Status Setup(const torch::nn::ModuleHolder<M>& module,
                      const std::shared_ptr<torch::optim::Optimizer>& optimizer = nullptr) {
     return Setup(std::static_pointer_cast<torch::nn::Module>(module.ptr()), optimizer);
+  }
+
+  // The parameters an optimizer of `module` must be created over: the local
+  // shards under FSDP, module->parameters() otherwise.
+  std::vector<at::Tensor> Parameters(const std::shared_ptr<torch::nn::Module>& module);
+  template <typename M>
+  std::vector<at::Tensor> Parameters(const torch::nn::ModuleHolder<M>& module) {
+    return Parameters(std::static_pointer_cast<torch::nn::Module>(module.ptr()));
+  }
+  // The FSDP wrapper of a module set up under FSDP (for Forward/Call around
+  // its units), or null.
+  strategies::FullyShardedDataParallel* Fsdp(const torch::nn::Module& module) const;
+
+  // Runs a module's forward `fn`: under FSDP inside the wrapper's root
+  // forward (gathering shards as needed), otherwise just fn().
+  template <typename Fn>
+  auto Forward(const torch::nn::Module& module, Fn&& fn) -> decltype(fn()) {
+    if (strategies::FullyShardedDataParallel* f = Fsdp(module)) {
+      return f->Forward(std::forward<Fn>(fn));
+    }
+    return fn();
   }
 
   // loss.backward() and the strategy's gradient synchronization.

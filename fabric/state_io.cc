@@ -1,5 +1,6 @@
 #include "fabric/state_io.h"
 
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -28,6 +29,85 @@ absl::StatusOr<const Dict*> EntryDict(const TorchFile& file, const std::string& 
                                                    ", expected a state dict"));
   }
   return &v.as_dict();
+}
+
+// FSDP's full optimizer state (as PyTorch's FSDP.optim_state_dict) keys
+// `state` and the param_groups' `params` by parameter name. A plain
+// optimizer counts parameters by index: map names to indices through the
+// module in `state` that owns the optimizer's parameters.
+absl::StatusOr<Dict> RekeyByIndex(const Dict& saved, const torch::optim::Optimizer& optimizer,
+                                  const State& state, const std::string& where) {
+  const Value* groups = saved.Find("param_groups");
+  if (groups == nullptr || !groups->is_sequence() || groups->items().empty()) return saved;
+  const Value& first = groups->items()[0];
+  if (!first.is_dict()) return saved;
+  const Value* params = first.as_dict().Find("params");
+  if (params == nullptr || !params->is_sequence() || params->items().empty() ||
+      !params->items()[0].is_string()) {
+    return saved;  // already keyed by index
+  }
+  std::unordered_map<const c10::TensorImpl*, std::string> names;
+  for (const auto& [key, entry] : state.entries()) {
+    if (!entry.is_module()) continue;
+    for (const auto& p : entry.module().named_parameters()) {
+      names.emplace(p.value().unsafeGetTensorImpl(), p.key());
+    }
+  }
+  std::unordered_map<std::string, int64_t> index;
+  int64_t i = 0;
+  for (const auto& group : optimizer.param_groups()) {
+    for (const at::Tensor& p : group.params()) {
+      auto it = names.find(p.unsafeGetTensorImpl());
+      if (it == names.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": the optimizer state is keyed by parameter name, but parameter ", i,
+            " of the optimizer belongs to no module of the state; add the model to the state"));
+      }
+      index.emplace(it->second, i++);
+    }
+  }
+  auto to_index = [&](const Value& name) -> absl::StatusOr<Value> {
+    if (!name.is_string()) return name;
+    auto it = index.find(name.as_string());
+    if (it == index.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": parameter '", name.as_string(),
+                                                     "' of the saved optimizer is not a parameter "
+                                                     "of this optimizer"));
+    }
+    return Value(it->second);
+  };
+  Dict out;
+  for (const auto& [k, v] : saved) {
+    if (k.is_string() && k.as_string() == "state" && v.is_dict()) {
+      Dict st;
+      for (const auto& [name, per_param] : v.as_dict()) {
+        absl::StatusOr<Value> idx = to_index(name);
+        if (!idx.ok()) return idx.status();
+        st.Set(*idx, per_param);
+      }
+      out.Set(k, Value(std::move(st)));
+    } else if (k.is_string() && k.as_string() == "param_groups" && v.is_sequence()) {
+      std::vector<Value> new_groups;
+      for (const Value& g : v.items()) {
+        if (!g.is_dict()) return saved;
+        Dict ng = g.as_dict();
+        if (const Value* ps = g.as_dict().Find("params"); ps && ps->is_sequence()) {
+          std::vector<Value> ids;
+          for (const Value& name : ps->items()) {
+            absl::StatusOr<Value> idx = to_index(name);
+            if (!idx.ok()) return idx.status();
+            ids.push_back(*idx);
+          }
+          ng.Set("params", Value::List(std::move(ids)));
+        }
+        new_groups.push_back(Value(std::move(ng)));
+      }
+      out.Set(k, Value::List(std::move(new_groups)));
+    } else {
+      out.Set(k, v);
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -108,7 +188,10 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
       case StateEntry::Kind::kOptimizer: {
         absl::StatusOr<const Dict*> d = EntryDict(file, key, *v);
         if (!d.ok()) return d.status();
-        if (absl::Status s = LoadOptimizerState(entry.optimizer(), **d, SourceFor(file), key);
+        absl::StatusOr<Dict> by_index =
+            RekeyByIndex(**d, entry.optimizer(), state, absl::StrCat(file.path(), ": ", key));
+        if (!by_index.ok()) return by_index.status();
+        if (absl::Status s = LoadOptimizerState(entry.optimizer(), *by_index, SourceFor(file), key);
             !s.ok()) {
           return Annotate(s, absl::StrCat(file.path(), ": "));
         }

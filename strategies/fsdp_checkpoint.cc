@@ -411,13 +411,50 @@ absl::Status SaveSharded(const std::string& dir, FsdpState& state, DistributedCo
 
 struct PendingRecord {
   std::string key;
-  // Produces the record's bytes as pieces in order (collective for sharded
-  // tensors: every rank calls it, in the same order).
-  std::function<absl::StatusOr<std::vector<at::Tensor>>()> produce;
+  // Emits the record's bytes as pieces, in order, to `emit` (collective for
+  // sharded tensors: every rank calls it, in the same order).
+  std::function<absl::Status(const std::function<absl::Status(const at::Tensor&)>& emit)> produce;
 };
 
-absl::StatusOr<std::vector<at::Tensor>> Pieces(const at::Tensor& t) {
-  return std::vector<at::Tensor>{t};
+using Emit = std::function<absl::Status(const at::Tensor&)>;
+
+// Bytes of one collective while streaming a sharded tensor to rank 0.
+constexpr int64_t kStreamChunkBytes = int64_t{16} << 20;
+
+// The full tensor of parameter `index`, from every rank's shard-shaped
+// `local`, to rank 0's `emit` in row order: rank 0's rows straight from its
+// memory, every other rank's broadcast by that rank in chunks of at most
+// kStreamChunkBytes. Peak memory: one chunk (no rank assembles the tensor).
+absl::Status StreamSharded(FullyShardedDataParallel& fsdp, int index, const at::Tensor& local,
+                           const Emit& emit) {
+  const FsdpParamInfo& p = fsdp.params()[index];
+  DistributedContext& ctx = fsdp.context();
+  const int rank = ctx.rank(), world = ctx.world_size();
+  at::Tensor flat = local.detach().reshape({-1});
+  if (flat.numel() != p.local_rows * p.row_numel) {
+    return absl::InvalidArgumentError(absl::StrCat(p.fqn, ": local tensor of ", flat.numel(),
+                                                   " elements, the shard has ",
+                                                   p.local_rows * p.row_numel));
+  }
+  if (!flat.is_contiguous()) flat = flat.contiguous();
+  const int64_t chunk = std::max<int64_t>(kStreamChunkBytes / flat.element_size(), 1);
+  for (int r = 0; r < world; ++r) {
+    const int64_t rows = std::clamp<int64_t>(p.rows - r * p.rows_per_rank, 0, p.rows_per_rank);
+    const int64_t numel = rows * p.row_numel;
+    if (numel == 0) continue;
+    if (r == 0) {
+      if (rank == 0) FABRIC_RETURN_IF_ERROR(emit(flat));
+      continue;
+    }
+    for (int64_t off = 0; off < numel; off += chunk) {
+      const int64_t n = std::min(chunk, numel - off);
+      at::Tensor buf = rank == r ? flat.narrow(0, off, n)
+                                 : at::empty({n}, flat.options().device(ctx.device()));
+      FABRIC_RETURN_IF_ERROR(ctx.Broadcast(buf, r));
+      if (rank == 0) FABRIC_RETURN_IF_ERROR(emit(buf));
+    }
+  }
+  return absl::OkStatus();
 }
 
 TensorRef RefFor(const std::string& key, at::ScalarType dtype, const std::vector<int64_t>& sizes) {
@@ -442,7 +479,7 @@ Value RefTensors(const Value& v, std::vector<PendingRecord>* records) {
     case Value::Kind::kTensor: {
       const std::string key = std::to_string(records->size());
       at::Tensor t = v.as_tensor().detach();
-      records->push_back({key, [t] { return Pieces(t); }});
+      records->push_back({key, [t](const Emit& emit) { return emit(t); }});
       TensorRef ref = RefFor(key, t.scalar_type(), t.sizes().vec());
       ref.requires_grad = false;
       return Value(std::move(ref));
@@ -497,13 +534,13 @@ absl::Status SaveFull(const std::string& path, FsdpState& state, DistributedCont
           const FsdpParamInfo& info = e.fsdp->params()[it->second];
           FullyShardedDataParallel* fsdp = e.fsdp;
           const int i = it->second;
-          records.push_back({key, [fsdp, i] {
-                               return fsdp->GatherRowBlocks(i, fsdp->params()[i].shard.detach());
+          records.push_back({key, [fsdp, i](const Emit& emit) {
+                               return StreamSharded(*fsdp, i, fsdp->params()[i].shard, emit);
                              }});
           sd.Set(name, Value(RefFor(key, info.dtype, info.shape)));
         } else {
           at::Tensor t = v.as_tensor();
-          records.push_back({key, [t] { return Pieces(t); }});
+          records.push_back({key, [t](const Emit& emit) { return emit(t); }});
           sd.Set(name, Value(RefFor(key, t.scalar_type(), t.sizes().vec())));
         }
       }
@@ -534,10 +571,12 @@ absl::Status SaveFull(const std::string& path, FsdpState& state, DistributedCont
             if (info != nullptr && IsShardedState(*info, name, t)) {
               FullyShardedDataParallel* fsdp = ref.fsdp;
               const int i = ref.index;
-              records.push_back({key, [fsdp, i, t] { return fsdp->GatherRowBlocks(i, t); }});
+              records.push_back({key, [fsdp, i, t](const Emit& emit) {
+                return StreamSharded(*fsdp, i, t, emit);
+              }});
               per.Set(name, Value(RefFor(key, t.scalar_type(), info->shape)));
             } else {
-              records.push_back({key, [t] { return Pieces(t); }});
+              records.push_back({key, [t](const Emit& emit) { return emit(t); }});
               per.Set(name, Value(RefFor(key, t.scalar_type(), t.sizes().vec())));
             }
           }
@@ -582,19 +621,27 @@ absl::Status SaveFull(const std::string& path, FsdpState& state, DistributedCont
     }
   }
   FABRIC_RETURN_IF_ERROR(ShareRankZeroStatus(ctx, status));
+  std::unordered_map<std::string, uint64_t> record_bytes;
+  if (writer != nullptr) {
+    for (const auto& [key, nbytes] : writer->StorageOrder()) record_bytes[key] = nbytes;
+  }
   for (const PendingRecord& r : records) {
-    absl::StatusOr<std::vector<at::Tensor>> pieces = r.produce();
-    if (!pieces.ok()) return pieces.status();  // a failed collective: the group is unusable
-    if (rank != 0 || !status.ok()) continue;
-    uint64_t nbytes = 0;
-    for (const at::Tensor& t : *pieces) nbytes += static_cast<uint64_t>(t.numel()) * t.element_size();
-    status = writer->BeginStorage(r.key, nbytes);
-    for (const at::Tensor& t : *pieces) {
-      if (!status.ok()) break;
-      at::Tensor c = t.detach().to(c10::kCPU).contiguous();
-      status = writer->AppendStorage(c.data_ptr(), static_cast<uint64_t>(c.numel()) * c.element_size());
+    bool begun = false;
+    if (rank == 0 && status.ok()) {
+      status = writer->BeginStorage(r.key, record_bytes[r.key]);
+      begun = status.ok();
     }
-    if (status.ok()) status = writer->EndStorage();
+    // Rank 0 appends every piece; a write error stops the writing but not
+    // the collectives, which the other ranks are in too.
+    absl::Status produced = r.produce([&](const at::Tensor& t) -> absl::Status {
+      if (rank != 0 || !status.ok()) return absl::OkStatus();
+      at::Tensor c = t.detach().to(c10::kCPU).contiguous();
+      status = writer->AppendStorage(c.data_ptr(),
+                                     static_cast<uint64_t>(c.numel()) * c.element_size());
+      return absl::OkStatus();
+    });
+    if (!produced.ok()) return produced;  // a failed collective: the group is unusable
+    if (begun && status.ok()) status = writer->EndStorage();
   }
   if (rank == 0 && status.ok()) status = writer->Commit();
   writer.reset();

@@ -42,6 +42,13 @@ def rank_main(rank, world, port, folder, layers, width):
     save_s = time.perf_counter() - t0
     os.system("sync")
     dist.barrier()
+    if rank == 0:  # evict the files from the page cache, as the C++ side does
+        for name in os.listdir(folder):
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+    dist.barrier()
     t0 = time.perf_counter()
     dcp.load(state, checkpoint_id=folder)
     set_model_state_dict(model, state["model"])

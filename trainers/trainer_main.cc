@@ -2,6 +2,8 @@
 // //trainers:ddp_train and //trainers:fsdp_train are this file built with a
 // different TRAINER_KIND (0, 1, 2), which only changes the defaults of
 // --strategy and --devices. See docs/trainers.md.
+#include <malloc.h>
+
 #include <cstdio>
 #include <string>
 
@@ -70,12 +72,13 @@ ABSL_FLAG(int64_t, log_every, kDefaults.log_every, "print a progress line every 
 ABSL_FLAG(bool, time_load, false,
           "after the last save, load it back and report the seconds (benchmarks)");
 
-#include <execinfo.h>
-#include <csignal>
-#include <unistd.h>
-static void Segv(int) { void* b[64]; int n = backtrace(b, 64); backtrace_symbols_fd(b, n, 2); _exit(3); }
 int main(int argc, char** argv) {
-  std::signal(SIGSEGV, Segv);
+#ifdef M_MMAP_THRESHOLD
+  // Big tensors straight from mmap, so memory freed after FSDP shards the
+  // model goes back to the system instead of staying in malloc's heap (glibc
+  // otherwise raises the threshold to 32 MiB after the first large free).
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
   absl::SetProgramUsageMessage(absl::StrCat(
       "Trains Lightning's demo Transformer on WikiText-2 with Fabric (", kStrategy,
       " by default).\nExample: bazel run //trainers:", kName, " -- --steps=50 --preset=tiny"));

@@ -20,9 +20,13 @@ inline torch::nn::Sequential MakeModel() {
                                torch::nn::Linear(16, 3));
 }
 
-inline std::shared_ptr<torch::optim::SGD> MakeOptimizer(torch::nn::Sequential& m) {
-  return std::make_shared<torch::optim::SGD>(m->parameters(),
+inline std::shared_ptr<torch::optim::SGD> MakeOptimizer(std::vector<at::Tensor> params) {
+  return std::make_shared<torch::optim::SGD>(std::move(params),
                                              torch::optim::SGDOptions(0.1).momentum(0.9));
+}
+
+inline std::shared_ptr<torch::optim::SGD> MakeOptimizer(torch::nn::Sequential& m) {
+  return MakeOptimizer(m->parameters());
 }
 
 // 24 samples: divisible by 1, 2, 3 and 4 ranks.

@@ -1,4 +1,4 @@
-// A user program under Fabric with DDP: it launches its own ranks
+// A user program under Fabric with DDP or FSDP (--strategy=fsdp): it launches its own ranks
 // (--devices=N), trains, saves a checkpoint (rank 0 writes one file) or
 // resumes from one on any number of ranks. Driven by fabric_ddp_test.
 //
@@ -18,13 +18,15 @@
 
 int main(int argc, char** argv) {
   int devices = 1, steps = 0;
-  std::string out, resume;
+  std::string out, resume, strategy, state_dict_type = "sharded";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--devices=", 0) == 0) devices = std::stoi(a.substr(10));
     else if (a.rfind("--steps=", 0) == 0) steps = std::stoi(a.substr(8));
     else if (a.rfind("--out=", 0) == 0) out = a.substr(6);
     else if (a.rfind("--resume=", 0) == 0) resume = a.substr(9);
+    else if (a.rfind("--strategy=", 0) == 0) strategy = a.substr(11);
+    else if (a.rfind("--state_dict_type=", 0) == 0) state_dict_type = a.substr(18);
   }
   auto fail = [](const absl::Status& s) {
     std::fprintf(stderr, "ddp_program: %s\n", s.ToString().c_str());
@@ -33,7 +35,8 @@ int main(int argc, char** argv) {
   fabric::FabricOptions options;
   options.accelerator = "cpu";
   options.devices = devices;
-  options.strategy = devices > 1 ? "ddp" : "auto";
+  options.strategy = !strategy.empty() ? strategy : devices > 1 ? "ddp" : "auto";
+  options.state_dict_type = state_dict_type;
   auto f = fabric::Fabric::Create(options);
   if (!f.ok()) return fail(f.status());
   fabric::Fabric& fabric = **f;
@@ -41,7 +44,7 @@ int main(int argc, char** argv) {
 
   auto model = fabric_test::MakeModel();
   if (auto s = fabric.SetupModule(model); !s.ok()) return fail(s);
-  auto opt = fabric_test::MakeOptimizer(model);
+  auto opt = fabric_test::MakeOptimizer(fabric.Parameters(model));
   int64_t step = 0;
   fabric::State state{{"model", model}, {"optimizer", opt}, {"step", step}};
   if (!resume.empty()) {
@@ -56,7 +59,7 @@ int main(int argc, char** argv) {
     x = x.narrow(0, per * fabric.global_rank(), per);
     y = y.narrow(0, per * fabric.global_rank(), per);
     opt->zero_grad();
-    at::Tensor loss = fabric_test::Loss(model, x, y);
+    at::Tensor loss = fabric.Forward(*model, [&] { return fabric_test::Loss(model, x, y); });
     if (auto s = fabric.Backward(loss); !s.ok()) return fail(s);
     opt->step();
   }

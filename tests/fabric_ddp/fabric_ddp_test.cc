@@ -89,6 +89,43 @@ TEST(FabricDdp, SaveOnFourResumeOnOneTwoAndThree) {
   }
 }
 
+// FSDP through Fabric: sharded (DCP folder) and full (one file) checkpoints
+// saved on 2 ranks resume on 1 and 3 FSDP ranks, and load in a single-device
+// program without any process group.
+TEST(FabricFsdp, SavesShardedAndFullAndResumesOnOtherWorldSizes) {
+  for (const std::string type : {"sharded", "full"}) {
+    SCOPED_TRACE(type);
+    const std::string first = Tmp("fsdp2_" + type + (type == "full" ? ".pt" : ""));
+    RunProgram(absl::StrCat("--strategy=fsdp --devices=2 --steps=5 --state_dict_type=", type,
+                            " --out=", first));
+    auto fabric = SingleDevice();
+    auto model = fabric_test::MakeModel();
+    auto opt = fabric_test::MakeOptimizer(model);
+    fabric::State state{{"model", model}, {"optimizer", opt}, {"step", 0}};
+    auto rest = fabric->Load(first, state);
+    ASSERT_TRUE(rest.ok()) << rest.status();
+    EXPECT_EQ(state["step"].value().as_int(), 5);
+    auto ref = fabric_test::MakeModel();
+    auto ref_opt = fabric_test::MakeOptimizer(ref);
+    Reference(ref, ref_opt, 0, 5);
+    ExpectModelsClose(model, ref);
+
+    Reference(model, opt, 5, 3);
+    for (int m : {1, 3}) {
+      SCOPED_TRACE(m);
+      const std::string out = Tmp(absl::StrCat("fsdp_resumed_", type, "_", m));
+      RunProgram(absl::StrCat("--strategy=fsdp --devices=", m, " --steps=3 --resume=", first,
+                              " --state_dict_type=", type, " --out=", out));
+      auto resumed = fabric_test::MakeModel();
+      fabric::State s{{"model", resumed}, {"step", 0}};
+      auto r = fabric->Load(out, s, /*strict=*/false);
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(s["step"].value().as_int(), 8);
+      ExpectModelsClose(resumed, model);
+    }
+  }
+}
+
 TEST(FabricDdp, FailedRankIsReportedAndNothingHangs) {
   // A resume from a missing file fails on every rank; the launching process
   // reports it and exits non-zero rather than hanging.
