@@ -145,7 +145,26 @@ absl::Status ZipWriter::StartRecord(std::string_view name, uint64_t size, uint32
   return absl::OkStatus();
 }
 
+namespace {
+constexpr size_t kStreamedRecordMin = size_t{4} << 20;
+constexpr size_t kStreamedPiece = size_t{512} << 10;
+}  // namespace
+
 absl::Status ZipWriter::WriteRecord(std::string_view name, const void* data, size_t n) {
+  if (n >= kStreamedRecordMin) {
+    // Large records go through in cache-sized pieces, each checksummed right
+    // before it is copied out, so the bytes are read from memory once rather
+    // than twice; the CRC then follows in a data descriptor, as PyTorch's
+    // writer does for every record.
+    if (absl::Status s = BeginRecord(name, n); !s.ok()) return s;
+    const char* p = static_cast<const char*>(data);
+    for (size_t done = 0; done < n;) {
+      const size_t piece = std::min(kStreamedPiece, n - done);
+      if (absl::Status s = AppendRecordData(p + done, piece); !s.ok()) return s;
+      done += piece;
+    }
+    return EndRecord();
+  }
   const uint32_t crc = Crc32(0, data, n);
   if (absl::Status s = StartRecord(name, n, crc, /*descriptor=*/false); !s.ok()) return s;
   return Put(data, n);
