@@ -22,6 +22,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "checkpoint/torch_save.h"
@@ -81,6 +83,11 @@ absl::StatusOr<int64_t> GetInt(const Dict& d, const char* key, const std::string
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Loads a //trainers checkpoint (from any number of ranks) on one device and evaluates it.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::StrContains(path, "load_main");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   using fabric::trainers::ResolveUserPath;
   std::string path = ResolveUserPath(absl::GetFlag(FLAGS_checkpoint));

@@ -33,7 +33,6 @@
 #include "checkpoint/value.h"
 #include "fabric/fabric.h"
 #include "strategies/fsdp.h"
-#include "strategies/fsdp_checkpoint.h"
 #include "strategies/process_group.h"
 #include "strategies/strategy.h"
 #include "trainers/checkpoints.h"
@@ -117,7 +116,8 @@ class Engine {
   virtual absl::Status Load(const std::string& path, Dict& values) = 0;
 };
 
-// Single device and DDP: Fabric places, wraps, syncs, saves one file.
+// Every strategy through Fabric: it places, wraps (DDP) or shards (FSDP),
+// syncs gradients and saves (one file, or a DCP folder under FSDP).
 class FabricEngine : public Engine {
  public:
   FabricEngine(Fabric& fabric, std::shared_ptr<Transformer> model,
@@ -125,6 +125,9 @@ class FabricEngine : public Engine {
       : fabric_(fabric), model_(std::move(model)), opt_(std::move(opt)) {}
 
   at::Tensor ForwardLoss(const at::Tensor& inputs, const at::Tensor& target) override {
+    if (strategies::FullyShardedDataParallel* fsdp = fabric_.Fsdp(*model_)) {
+      return FsdpForwardLoss(*fsdp, inputs, target);
+    }
     AutocastGuard autocast = fabric_.Autocast();
     at::Tensor log_probs = model_->forward(inputs, target);
     return TransformerLoss(log_probs.to(at::kFloat), target);
@@ -133,13 +136,11 @@ class FabricEngine : public Engine {
   torch::optim::Optimizer& optimizer() override { return *opt_; }
 
   absl::Status Save(const std::string& path, const Dict& values) override {
-    State state{{"model", std::static_pointer_cast<torch::nn::Module>(model_)}, {"optimizer", opt_}};
-    for (const auto& [k, v] : values) state.Set(k.as_string(), StateEntry(v));
+    State state = MakeState(values);
     return fabric_.Save(path, state);
   }
   absl::Status Load(const std::string& path, Dict& values) override {
-    State state{{"model", std::static_pointer_cast<torch::nn::Module>(model_)}, {"optimizer", opt_}};
-    for (const auto& [k, v] : values) state.Set(k.as_string(), StateEntry(v));
+    State state = MakeState(values);
     absl::StatusOr<Dict> rest = fabric_.Load(path, state, /*strict=*/true);
     if (!rest.ok()) return rest.status();
     for (auto& [k, v] : values.mutable_items()) v = state[k.as_string()].value();
@@ -147,42 +148,21 @@ class FabricEngine : public Engine {
   }
 
  private:
-  Fabric& fabric_;
-  std::shared_ptr<Transformer> model_;
-  std::shared_ptr<torch::optim::AdamW> opt_;
-};
-
-// FSDP: every encoder and decoder layer is a unit, fully sharded (gathered
-// for its forward and again for its backward); the root unit holds the
-// embedding, the final norms and the output projection.
-class FsdpEngine : public Engine {
- public:
-  static absl::StatusOr<std::unique_ptr<FsdpEngine>> Create(
-      std::shared_ptr<Transformer> model, std::shared_ptr<DistributedContext> context,
-      strategies::FsdpPrecision precision, strategies::StateDictType type, double lr,
-      double weight_decay) {
-    std::unique_ptr<FsdpEngine> e(new FsdpEngine());
-    e->model_ = model;
-    e->context_ = context;
-    e->type_ = type;
-    strategies::FsdpOptions options;
-    options.wrap_policy =
-        strategies::WrapModuleTypes({"TransformerEncoderLayer", "TransformerDecoderLayer"});
-    options.sharding_strategy = strategies::ShardingStrategy::kFullShard;
-    options.precision = precision;
-    absl::StatusOr<std::unique_ptr<strategies::FullyShardedDataParallel>> fsdp =
-        strategies::FullyShardedDataParallel::Create(model, context, options);
-    if (!fsdp.ok()) return fsdp.status();
-    e->fsdp_ = *std::move(fsdp);
-    e->opt_ = std::make_unique<torch::optim::AdamW>(
-        e->fsdp_->parameters(), torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
-    return e;
+  State MakeState(const Dict& values) const {
+    State state{{"model", std::static_pointer_cast<torch::nn::Module>(model_)},
+                {"optimizer", opt_}};
+    for (const auto& [k, v] : values) state.Set(k.as_string(), StateEntry(v));
+    return state;
   }
 
-  // Transformer::forward with each layer run through its unit.
-  at::Tensor ForwardLoss(const at::Tensor& inputs, const at::Tensor& target) override {
+  // Transformer::forward with each encoder and decoder layer run inside its
+  // FSDP unit (full_shard: gathered for its forward, freed, gathered again
+  // for its backward); the root unit (embedding, final norms, output
+  // projection) is gathered around the whole forward. Under bf16-mixed FSDP
+  // computes in bf16 itself (CastInput), so no autocast.
+  at::Tensor FsdpForwardLoss(strategies::FullyShardedDataParallel& fsdp, const at::Tensor& inputs,
+                             const at::Tensor& target) {
     Transformer& m = *model_;
-    strategies::FullyShardedDataParallel& fsdp = *fsdp_;
     const double scale = std::sqrt(static_cast<double>(m.config().ninp));
     at::Tensor logits = fsdp.Forward([&] {
       at::Tensor src = fsdp.CastInput(m.pos_encoder->forward(m.embedding->forward(inputs) * scale));
@@ -199,44 +179,14 @@ class FsdpEngine : public Engine {
       x = m.transformer->decoder->norm->forward(x);
       return m.decoder->forward(x);
     });
-    at::Tensor log_probs = at::log_softmax(logits.to(at::kFloat), -1).view({-1, m.config().vocab_size});
+    at::Tensor log_probs =
+        at::log_softmax(logits.to(at::kFloat), -1).view({-1, m.config().vocab_size});
     return TransformerLoss(log_probs, target);
   }
-  absl::Status Backward(const at::Tensor& loss) override {
-    loss.backward();  // gradients are reduce-scattered into the shards
-    return absl::OkStatus();
-  }
-  torch::optim::Optimizer& optimizer() override { return *opt_; }
 
-  absl::Status Save(const std::string& path, const Dict& values) override {
-    strategies::FsdpState state;
-    state.Model("model", *fsdp_).Optimizer("optimizer", *opt_);
-    for (const auto& [k, v] : values) state.Set(k.as_string(), v);
-    strategies::FsdpCheckpointOptions options;
-    options.state_dict_type = type_;
-    return strategies::FsdpSaveCheckpoint(path, state, context_.get(), options);
-  }
-  absl::Status Load(const std::string& path, Dict& values) override {
-    strategies::FsdpState state;
-    state.Model("model", *fsdp_).Optimizer("optimizer", *opt_);
-    for (const auto& [k, v] : values) state.Set(k.as_string(), v);
-    strategies::FsdpCheckpointOptions options;
-    options.strict = true;
-    absl::StatusOr<Dict> rest = strategies::FsdpLoadCheckpoint(path, state, context_.get(), options);
-    if (!rest.ok()) return rest.status();
-    for (auto& [k, v] : values.mutable_items()) {
-      if (const Value* loaded = state.Find(k.as_string())) v = *loaded;
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  FsdpEngine() = default;
+  Fabric& fabric_;
   std::shared_ptr<Transformer> model_;
-  std::shared_ptr<DistributedContext> context_;
-  strategies::StateDictType type_ = strategies::StateDictType::kSharded;
-  std::unique_ptr<strategies::FullyShardedDataParallel> fsdp_;
-  std::unique_ptr<torch::optim::AdamW> opt_;
+  std::shared_ptr<torch::optim::AdamW> opt_;
 };
 
 // ---------------------------------------------------------------------------
@@ -396,15 +346,16 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   if (!resolved.ok()) return resolved.status();
   const TrainerOptions& o = *resolved;
 
-  // --- Fabric: launch the ranks. FSDP uses Fabric's launcher and process
-  // group (the "ddp" strategy object) and shards with
-  // strategies::FullyShardedDataParallel itself, because the Transformer's
-  // layers must each run inside their FSDP unit.
+  // --- Fabric: launch the ranks and connect them.
   FabricOptions fo;
   fo.accelerator = o.accelerator;
   fo.devices = o.devices;
-  fo.strategy = o.strategy == "fsdp" ? "ddp" : o.strategy;
+  fo.strategy = o.strategy;
   fo.precision = o.precision;
+  fo.state_dict_type = o.state_dict_type;
+  // FSDP units: every encoder and decoder layer (the root unit holds the rest).
+  fo.sharding_strategy = "full_shard";
+  fo.fsdp_wrap_module_types = {"TransformerEncoderLayer", "TransformerDecoderLayer"};
   absl::StatusOr<std::unique_ptr<Fabric>> fabric_or = Fabric::Create(fo);
   if (!fabric_or.ok()) return fabric_or.status();
   Fabric& fabric = **fabric_or;
@@ -416,9 +367,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     const int cores = static_cast<int>(std::thread::hardware_concurrency());
     at::set_num_threads(std::max(1, cores / o.devices));
   }
-  DistributedContext* raw_context = fabric.strategy().context();
-  // Fabric owns the context and outlives everything here: a non-owning handle.
-  std::shared_ptr<DistributedContext> context(std::shared_ptr<DistributedContext>(), raw_context);
+  DistributedContext* context = fabric.strategy().context();  // null for one process
 
   // --- Data.
   std::string split_name = o.split;
@@ -469,28 +418,12 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
                             " per rank per epoch"));
   torch::manual_seed(o.seed);
   auto model = std::make_shared<Transformer>(config);
-  std::unique_ptr<Engine> engine;
-  if (o.strategy == "fsdp") {
-    if (context == nullptr) return absl::InternalError("fsdp: Fabric did not start a process group");
-    absl::StatusOr<Precision> precision = ParsePrecision(o.precision);
-    if (!precision.ok()) return precision.status();
-    if (precision->param_dtype != c10::kFloat) model->to(precision->param_dtype);
-    model->to(device);
-    absl::StatusOr<std::unique_ptr<FsdpEngine>> e = FsdpEngine::Create(
-        model, context,
-        precision->autocast ? strategies::FsdpPrecision::kBf16Mixed
-                            : strategies::FsdpPrecision::k32True,
-        o.state_dict_type == "sharded" ? strategies::StateDictType::kSharded
-                                       : strategies::StateDictType::kFull,
-        o.lr, o.weight_decay);
-    if (!e.ok()) return e.status();
-    engine = *std::move(e);
-  } else {
-    TRAINER_RETURN_IF_ERROR(fabric.SetupModule(model));
-    auto opt = std::make_shared<torch::optim::AdamW>(
-        model->parameters(), torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
-    engine = std::make_unique<FabricEngine>(fabric, model, opt);
-  }
+  TRAINER_RETURN_IF_ERROR(fabric.SetupModule(model));
+  // Under FSDP: this rank's shards.
+  auto opt = std::make_shared<torch::optim::AdamW>(
+      fabric.Parameters(std::static_pointer_cast<torch::nn::Module>(model)),
+      torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+  std::unique_ptr<Engine> engine = std::make_unique<FabricEngine>(fabric, model, opt);
   model->train();
   // Each rank its own dropout stream.
   torch::manual_seed(o.seed + 1000003ULL * static_cast<uint64_t>(rank + 1));

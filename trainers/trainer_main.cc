@@ -10,6 +10,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "trainers/trainer.h"
 
@@ -82,6 +84,13 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(absl::StrCat(
       "Trains Lightning's demo Transformer on WikiText-2 with Fabric (", kStrategy,
       " by default).\nExample: bazel run //trainers:", kName, " -- --steps=50 --preset=tiny"));
+  // --help lists this file's flags (absl matches files named after the
+  // program by default, and the three trainers share this one).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::StrContains(path, "trainer_main");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   fabric::trainers::TrainerOptions o;
   o.name = kName;

@@ -345,8 +345,12 @@ at::Tensor PositionalEncoding::forward(const at::Tensor& x) {
   const int64_t t = x.size(1);
   TORCH_CHECK(t < kPositionalEncodingMaxLen, "PositionalEncoding: sequence length ", t,
               " must be below ", kPositionalEncodingMaxLen);
-  // pe[:, T] in the demo: one row, broadcast over every position.
-  return dropout->forward(x + Table(x.device()).narrow(0, t, 1));
+  // pe[:, T] in the demo: one row, broadcast over every position. In x's
+  // dtype, as the demo's table is when built under bf16-true (Lightning sets
+  // the default dtype around forward); for float32 x nothing changes.
+  at::Tensor row = Table(x.device()).narrow(0, t, 1);
+  if (row.scalar_type() != x.scalar_type()) row = row.to(x.scalar_type());
+  return dropout->forward(x + row);
 }
 
 Transformer::Transformer(const TransformerConfig& config, const at::TensorOptions& options)
