@@ -8,12 +8,14 @@ load("//third_party/bazel_shims:shims.bzl", "bazel_offline_shims")
 load("//third_party/libtorch:libtorch_configure.bzl", "libtorch_configure")
 load("//third_party/cuda:cuda_configure.bzl", "cuda_configure")
 load("//third_party:system_libs.bzl", "system_library_repository")
+load("//third_party/wikitext2:wikitext2_configure.bzl", "wikitext2_configure")
 
 def fabric_cpp_dependencies():
     """Declares every repository fabric_cpp's targets depend on."""
     bazel_offline_shims()
     libtorch_configure(name = "libtorch")
     cuda_configure(name = "local_cuda")
+    wikitext2_configure(name = "wikitext2")
 
     # Abseil, GoogleTest, Google Benchmark and ISA-L come from Debian's -dev
     # packages: headers in /usr/include, shared libraries on the default path.

@@ -5,6 +5,8 @@
 // dicts are those of Lightning's demo Transformer in Python.
 //
 // Args: PYTHON CHECK_DEMO_KEYS_PY SINGLE_DEVICE_TRAIN DDP_TRAIN FSDP_TRAIN LOAD DATA_DIR
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -203,5 +205,14 @@ int main(int argc, char** argv) {
   g_fsdp = argv[5];
   g_load = argv[6];
   g_data = argv[7];
+  // Given a file of the data set (valid.txt through runfiles), use its folder,
+  // as an absolute path since the trainers may run from elsewhere.
+  if (g_data.size() > 4 && g_data.substr(g_data.size() - 4) == ".txt") {
+    g_data = g_data.substr(0, g_data.rfind('/'));
+  }
+  if (!g_data.empty() && g_data[0] != '/') {
+    char cwd[4096];
+    if (getcwd(cwd, sizeof(cwd)) != nullptr) g_data = std::string(cwd) + "/" + g_data;
+  }
   return RUN_ALL_TESTS();
 }

@@ -390,5 +390,9 @@ int main(int argc, char** argv) {
   fabric::trainers::g_python = argv[1];
   fabric::trainers::g_script = argv[2];
   fabric::trainers::g_data_dir = argv[3];
+  // Given a file of the data set (valid.txt through runfiles), use its folder.
+  if (auto& d = fabric::trainers::g_data_dir; d.size() > 4 && d.substr(d.size() - 4) == ".txt") {
+    d = d.substr(0, d.rfind('/'));
+  }
   return RUN_ALL_TESTS();
 }
