@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything fabric_cpp needs on a fresh Debian machine, then (unless
-# --no-run is given) builds and runs the small single-process example.
+# --no-run is given) builds and runs the main job on a small default: the
+# WikiText-2 Transformer (tiny preset) under FSDP on 2 processes, a sharded
+# checkpoint, and its evaluation on a single device.
 # Idempotent: a second run checks and returns in seconds.
 #
 #   ./setup.sh            install, build, run the example
@@ -56,6 +58,7 @@ RC
 log "environment ready: $(bazel --version 2>/dev/null || echo bazel), venv $VENV"
 
 if ((RUN_EXAMPLE)); then
-  log "building and running the single-process example"
-  bazel run //examples:single_device_example
+  log "main job: //trainers:fsdp_train (tiny preset, 2 processes, 60 steps), then //trainers:load"
+  bazel run //trainers:fsdp_train -- --steps=60 --checkpoint_interval=30
+  bazel run //trainers:load -- --checkpoint=runs/fsdp_train/checkpoints
 fi
