@@ -19,6 +19,7 @@
 #include <torch/optim/optimizer.h>
 #include <torch/optim/sgd.h>
 
+#include "base/status_macros.h"
 #include "absl/strings/str_cat.h"
 
 namespace fabric {
@@ -143,18 +144,9 @@ absl::StatusOr<std::vector<double>> GetBetas(const Dict& group, const std::strin
   return b;
 }
 
-#define FABRIC_OPT_ASSIGN_OR_RETURN_IMPL(var, expr, tmp) \
-  auto tmp = (expr);                                 \
-  if (!tmp.ok()) return tmp.status();                \
-  var = std::move(*tmp)
-#define FABRIC_OPT_CONCAT_INNER(a, b) a##b
-#define FABRIC_OPT_CONCAT(a, b) FABRIC_OPT_CONCAT_INNER(a, b)
-#define FABRIC_OPT_ASSIGN_OR_RETURN(var, expr) \
-  FABRIC_OPT_ASSIGN_OR_RETURN_IMPL(var, expr, FABRIC_OPT_CONCAT(status_or_, __LINE__))
-
 absl::Status RefuseMaximize(const Dict& group, const std::string& path,
                             const std::string& type) {
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<bool> maximize, GetBool(group, "maximize", path));
+  FABRIC_ASSIGN_OR_RETURN(std::optional<bool> maximize, GetBool(group, "maximize", path));
   if (maximize.value_or(false)) {
     return Invalid(absl::StrCat(path, ".maximize"),
                    absl::StrCat("True is not supported by ", type));
@@ -169,11 +161,11 @@ absl::StatusOr<std::unique_ptr<OptimizerOptions>> ParseSGDGroup(const Dict& grou
                                                                  const std::string& path) {
   auto options = std::make_unique<SGDOptions>(current);
   if (absl::Status s = RefuseMaximize(group, path, "torch::optim::SGD"); !s.ok()) return s;
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<double> lr, GetNumber(group, "lr", path));
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<double> momentum, GetNumber(group, "momentum", path));
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<double> dampening, GetNumber(group, "dampening", path));
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<double> weight_decay, GetNumber(group, "weight_decay", path));
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<bool> nesterov, GetBool(group, "nesterov", path));
+  FABRIC_ASSIGN_OR_RETURN(std::optional<double> lr, GetNumber(group, "lr", path));
+  FABRIC_ASSIGN_OR_RETURN(std::optional<double> momentum, GetNumber(group, "momentum", path));
+  FABRIC_ASSIGN_OR_RETURN(std::optional<double> dampening, GetNumber(group, "dampening", path));
+  FABRIC_ASSIGN_OR_RETURN(std::optional<double> weight_decay, GetNumber(group, "weight_decay", path));
+  FABRIC_ASSIGN_OR_RETURN(std::optional<bool> nesterov, GetBool(group, "nesterov", path));
   if (lr) options->lr(*lr);
   if (momentum) options->momentum(*momentum);
   if (dampening) options->dampening(*dampening);
@@ -190,12 +182,12 @@ absl::StatusOr<std::unique_ptr<OptimizerOptions>> ParseAdamGroup(const Dict& gro
                                                                   const std::string& type) {
   auto options = std::make_unique<Options>(current);
   if (absl::Status s = RefuseMaximize(group, path, type); !s.ok()) return s;
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<double> lr, GetNumber(group, "lr", path));
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::vector<double> betas, GetBetas(group, path));
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<double> eps, GetNumber(group, "eps", path));
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<double> weight_decay, GetNumber(group, "weight_decay", path));
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<bool> amsgrad, GetBool(group, "amsgrad", path));
-  FABRIC_OPT_ASSIGN_OR_RETURN(std::optional<bool> file_decoupled,
+  FABRIC_ASSIGN_OR_RETURN(std::optional<double> lr, GetNumber(group, "lr", path));
+  FABRIC_ASSIGN_OR_RETURN(std::vector<double> betas, GetBetas(group, path));
+  FABRIC_ASSIGN_OR_RETURN(std::optional<double> eps, GetNumber(group, "eps", path));
+  FABRIC_ASSIGN_OR_RETURN(std::optional<double> weight_decay, GetNumber(group, "weight_decay", path));
+  FABRIC_ASSIGN_OR_RETURN(std::optional<bool> amsgrad, GetBool(group, "amsgrad", path));
+  FABRIC_ASSIGN_OR_RETURN(std::optional<bool> file_decoupled,
                    GetBool(group, "decoupled_weight_decay", path));
   if (lr) options->lr(*lr);
   if (!betas.empty()) options->betas(std::make_tuple(betas[0], betas[1]));
@@ -226,7 +218,7 @@ absl::StatusOr<at::Tensor> StateTensor(const Value& v, const at::Tensor& param,
     return Invalid(path, absl::StrCat("shape ", ShapeString(sizes), " vs parameter shape ",
                                       ShapeString(param.sizes())));
   }
-  FABRIC_OPT_ASSIGN_OR_RETURN(at::Tensor tensor, MaterializeValue(v, source, path));
+  FABRIC_ASSIGN_OR_RETURN(at::Tensor tensor, MaterializeValue(v, source, path));
   const at::ScalarType dtype =
       param.is_floating_point() ? param.scalar_type() : tensor.scalar_type();
   try {
@@ -256,7 +248,7 @@ absl::StatusOr<int64_t> StepValue(const Value& v, const TensorSource& source,
       return Invalid(path, absl::StrCat("expected a scalar, got a tensor of shape ",
                                         ShapeString(sizes)));
     }
-    FABRIC_OPT_ASSIGN_OR_RETURN(at::Tensor t, MaterializeValue(v, source, path));
+    FABRIC_ASSIGN_OR_RETURN(at::Tensor t, MaterializeValue(v, source, path));
     step = t.to(at::kCPU).item<double>();
   } else {
     return Invalid(path, absl::StrCat("expected a number or a tensor, got ", v.kind_name()));
@@ -279,7 +271,7 @@ absl::StatusOr<std::unique_ptr<OptimizerParamState>> ParseSGDState(
   const Value* buffer = entry.Find("momentum_buffer");
   // torch < 2.1 stored 'momentum_buffer': None when momentum was 0.
   if (buffer == nullptr || buffer->is_none()) return nullptr;
-  FABRIC_OPT_ASSIGN_OR_RETURN(at::Tensor tensor,
+  FABRIC_ASSIGN_OR_RETURN(at::Tensor tensor,
                    StateTensor(*buffer, param, source, absl::StrCat(path, ".momentum_buffer")));
   auto state = std::make_unique<SGDParamState>();
   state->momentum_buffer(std::move(tensor));
@@ -303,7 +295,7 @@ absl::StatusOr<std::unique_ptr<OptimizerParamState>> ParseAdamState(
   auto state = std::make_unique<State>();
   const Value* step = entry.Find("step");
   if (step == nullptr) return Invalid(absl::StrCat(path, ".step"), "missing");
-  FABRIC_OPT_ASSIGN_OR_RETURN(int64_t step_value, StepValue(*step, source, absl::StrCat(path, ".step")));
+  FABRIC_ASSIGN_OR_RETURN(int64_t step_value, StepValue(*step, source, absl::StrCat(path, ".step")));
   state->step(step_value);
   for (const char* name : {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}) {
     const std::string where = absl::StrCat(path, ".", name);
@@ -317,7 +309,7 @@ absl::StatusOr<std::unique_ptr<OptimizerParamState>> ParseAdamState(
       }
       continue;
     }
-    FABRIC_OPT_ASSIGN_OR_RETURN(at::Tensor tensor, StateTensor(*v, param, source, where));
+    FABRIC_ASSIGN_OR_RETURN(at::Tensor tensor, StateTensor(*v, param, source, where));
     if (std::string_view(name) == "exp_avg") {
       state->exp_avg(std::move(tensor));
     } else if (std::string_view(name) == "exp_avg_sq") {
@@ -332,7 +324,7 @@ absl::StatusOr<std::unique_ptr<OptimizerParamState>> ParseAdamState(
 }  // namespace
 
 absl::StatusOr<Dict> OptimizerStateDict(const Optimizer& optimizer) {
-  FABRIC_OPT_ASSIGN_OR_RETURN(OptKind kind, KindOf(optimizer));
+  FABRIC_ASSIGN_OR_RETURN(OptKind kind, KindOf(optimizer));
   const auto& states = optimizer.state();
   Dict state;
   Value groups = Value::List();
@@ -391,7 +383,7 @@ absl::StatusOr<Dict> OptimizerStateDict(const Optimizer& optimizer) {
 
 absl::Status LoadOptimizerState(Optimizer& optimizer, const Dict& state,
                                 const TensorSource& source, std::string_view key_prefix) {
-  FABRIC_OPT_ASSIGN_OR_RETURN(OptKind kind, KindOf(optimizer));
+  FABRIC_ASSIGN_OR_RETURN(OptKind kind, KindOf(optimizer));
   const std::string type = kind == OptKind::kSGD    ? "torch::optim::SGD"
                            : kind == OptKind::kAdam ? "torch::optim::Adam"
                                                     : "torch::optim::AdamW";
@@ -483,18 +475,18 @@ absl::Status LoadOptimizerState(Optimizer& optimizer, const Dict& state,
     std::unique_ptr<OptimizerParamState> parsed;
     switch (kind) {
       case OptKind::kSGD: {
-        FABRIC_OPT_ASSIGN_OR_RETURN(parsed, ParseSGDState(value.as_dict(), param, source, path));
+        FABRIC_ASSIGN_OR_RETURN(parsed, ParseSGDState(value.as_dict(), param, source, path));
         break;
       }
       case OptKind::kAdam: {
         const bool amsgrad = static_cast<const AdamOptions&>(*new_options[it->second.group]).amsgrad();
-        FABRIC_OPT_ASSIGN_OR_RETURN(parsed, ParseAdamState<AdamParamState>(value.as_dict(), param, amsgrad,
+        FABRIC_ASSIGN_OR_RETURN(parsed, ParseAdamState<AdamParamState>(value.as_dict(), param, amsgrad,
                                                                 source, path, type));
         break;
       }
       case OptKind::kAdamW: {
         const bool amsgrad = static_cast<const AdamWOptions&>(*new_options[it->second.group]).amsgrad();
-        FABRIC_OPT_ASSIGN_OR_RETURN(parsed, ParseAdamState<AdamWParamState>(value.as_dict(), param, amsgrad,
+        FABRIC_ASSIGN_OR_RETURN(parsed, ParseAdamState<AdamWParamState>(value.as_dict(), param, amsgrad,
                                                                  source, path, type));
         break;
       }

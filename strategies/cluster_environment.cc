@@ -10,7 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "strategies/status_macros.h"
+#include "base/status_macros.h"
 
 namespace fabric::strategies {
 namespace {

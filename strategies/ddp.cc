@@ -18,7 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "strategies/status_macros.h"
+#include "base/status_macros.h"
 
 namespace fabric::strategies {
 

@@ -31,7 +31,7 @@
 #include "checkpoint/module_state.h"
 #include "checkpoint/optimizer_state.h"
 #include "checkpoint/torch_save.h"
-#include "strategies/status_macros.h"
+#include "base/status_macros.h"
 
 namespace fabric::strategies {
 

@@ -27,7 +27,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "strategies/free_port.h"
-#include "strategies/status_macros.h"
+#include "base/status_macros.h"
 
 extern char** environ;
 

@@ -33,7 +33,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
-#include "strategies/status_macros.h"
+#include "base/status_macros.h"
 
 namespace fabric::strategies {
 namespace {

@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/status_macros.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -43,12 +44,6 @@
 namespace fabric::trainers {
 namespace fs = std::filesystem;
 using strategies::DistributedContext;
-
-#define TRAINER_RETURN_IF_ERROR(expr)          \
-  do {                                         \
-    absl::Status _st = (expr);                 \
-    if (!_st.ok()) return _st;                 \
-  } while (0)
 
 namespace {
 
@@ -359,7 +354,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   absl::StatusOr<std::unique_ptr<Fabric>> fabric_or = Fabric::Create(fo);
   if (!fabric_or.ok()) return fabric_or.status();
   Fabric& fabric = **fabric_or;
-  TRAINER_RETURN_IF_ERROR(fabric.Launch());
+  FABRIC_RETURN_IF_ERROR(fabric.Launch());
   const int rank = fabric.global_rank(), world = fabric.world_size();
   const c10::Device device = fabric.device();
   if (o.devices > 1) {
@@ -418,7 +413,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
                             " per rank per epoch"));
   torch::manual_seed(o.seed);
   auto model = std::make_shared<Transformer>(config);
-  TRAINER_RETURN_IF_ERROR(fabric.SetupModule(model));
+  FABRIC_RETURN_IF_ERROR(fabric.SetupModule(model));
   // Under FSDP: this rank's shards.
   auto opt = std::make_shared<torch::optim::AdamW>(
       fabric.Parameters(std::static_pointer_cast<torch::nn::Module>(model)),
@@ -433,7 +428,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   std::error_code ec;
   if (rank == 0) fs::create_directories(o.checkpoint_dir, ec);
   if (rank == 0) fs::create_directories(o.out_dir, ec);
-  TRAINER_RETURN_IF_ERROR(fabric.Barrier());
+  FABRIC_RETURN_IF_ERROR(fabric.Barrier());
   std::string last_checkpoint;
   if (o.resume) {
     absl::StatusOr<std::optional<CheckpointEntry>> latest = LatestCheckpoint(o.checkpoint_dir);
@@ -449,7 +444,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
       values.Set("rng_states", Value());
       values.Set("hparams", Value::MakeDict());
       const double t0 = Now();
-      TRAINER_RETURN_IF_ERROR(engine->Load(path, values));
+      FABRIC_RETURN_IF_ERROR(engine->Load(path, values));
       absl::StatusOr<int64_t> saved_step = IntEntry(values, "step", path);
       if (!saved_step.ok()) return saved_step.status();
       step = *saved_step;
@@ -506,7 +501,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     const std::string path = (fs::path(o.checkpoint_dir) / CheckpointName(at_step)).string();
     // A leftover of an interrupted save under the same name goes first.
     if (rank == 0 && FileExists(path)) fs::remove_all(path, ec);
-    TRAINER_RETURN_IF_ERROR(fabric.Barrier());
+    FABRIC_RETURN_IF_ERROR(fabric.Barrier());
     Dict values;
     values.Set("step", at_step);
     const LoaderPosition pos = loader.position();
@@ -526,8 +521,8 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     values.Set("rng_states", rng);
     values.Set("hparams", Value(hparams));
     const double t0 = Now();
-    TRAINER_RETURN_IF_ERROR(engine->Save(path, values));
-    TRAINER_RETURN_IF_ERROR(fabric.Barrier());  // committed on every rank
+    FABRIC_RETURN_IF_ERROR(engine->Save(path, values));
+    FABRIC_RETURN_IF_ERROR(fabric.Barrier());  // committed on every rank
     last_save_seconds = Now() - t0;
     total_save_seconds += last_save_seconds;
     ++saves;
@@ -539,7 +534,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
       if (!removed.ok()) return removed.status();
       if (!removed->empty()) removed_note = absl::StrCat(", removed ", removed->size(), " older");
     }
-    TRAINER_RETURN_IF_ERROR(fabric.Barrier());
+    FABRIC_RETURN_IF_ERROR(fabric.Barrier());
     fabric.Print(absl::StrFormat("saved %s (%s, %s) in %.2f s%s", path, o.state_dict_type,
                                  strategies::HumanBytes(PathBytes(path)), last_save_seconds,
                                  removed_note));
@@ -557,12 +552,12 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
       at::Tensor inputs = batch.inputs.to(device), target = batch.target.to(device);
       engine->optimizer().zero_grad();
       at::Tensor loss = engine->ForwardLoss(inputs, target);
-      TRAINER_RETURN_IF_ERROR(engine->Backward(loss));
+      FABRIC_RETURN_IF_ERROR(engine->Backward(loss));
       engine->optimizer().step();
       ++step;
       at::Tensor logged = loss.detach().to(at::kCPU, at::kDouble).reshape({1}).clone();
       if (context != nullptr && world > 1) {
-        TRAINER_RETURN_IF_ERROR(context->AllReduce(logged, strategies::ReduceOp::kAvg));
+        FABRIC_RETURN_IF_ERROR(context->AllReduce(logged, strategies::ReduceOp::kAvg));
       }
       const double seconds = Now() - t0;
       const int64_t tokens = inputs.numel() * world;
@@ -587,8 +582,8 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
       }
       const bool interval_hit = o.checkpoint_interval > 0 && step % o.checkpoint_interval == 0;
       if (interval_hit || (o.save_last && step == o.steps)) {
-        if (rank == 0) TRAINER_RETURN_IF_ERROR(WriteMetrics(metrics_path, rows));
-        TRAINER_RETURN_IF_ERROR(save(step));
+        if (rank == 0) FABRIC_RETURN_IF_ERROR(WriteMetrics(metrics_path, rows));
+        FABRIC_RETURN_IF_ERROR(save(step));
       }
     }
   } catch (const std::exception& e) {
@@ -605,8 +600,8 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     values.Set("rng_states", Value());
     values.Set("hparams", Value::MakeDict());
     const double t0 = Now();
-    TRAINER_RETURN_IF_ERROR(engine->Load(last_checkpoint, values));
-    TRAINER_RETURN_IF_ERROR(fabric.Barrier());
+    FABRIC_RETURN_IF_ERROR(engine->Load(last_checkpoint, values));
+    FABRIC_RETURN_IF_ERROR(fabric.Barrier());
     load_seconds = Now() - t0;
   }
 
@@ -621,13 +616,13 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     for (const at::Tensor& t : *all) peaks.push_back(t.item<double>());
   }
   if (rank == 0) {
-    TRAINER_RETURN_IF_ERROR(WriteMetrics(metrics_path, rows));
+    FABRIC_RETURN_IF_ERROR(WriteMetrics(metrics_path, rows));
     std::vector<double> xs, ys;
     for (const MetricsRow& r : rows) {
       xs.push_back(static_cast<double>(r.step));
       ys.push_back(r.loss);
     }
-    if (!rows.empty()) TRAINER_RETURN_IF_ERROR(WriteLineChartPng(png_path, xs, ys));
+    if (!rows.empty()) FABRIC_RETURN_IF_ERROR(WriteLineChartPng(png_path, xs, ys));
   }
   std::string peak_text;
   for (size_t r = 0; r < peaks.size(); ++r) {

@@ -1,16 +1,18 @@
-#ifndef FABRIC_STRATEGIES_STATUS_MACROS_H_
-#define FABRIC_STRATEGIES_STATUS_MACROS_H_
+#ifndef FABRIC_BASE_STATUS_MACROS_H_
+#define FABRIC_BASE_STATUS_MACROS_H_
 
-// Early-return helpers for absl::Status / absl::StatusOr, private to
-// strategies/ (the project has no shared one yet).
+// Early-return helpers for the project's one error idiom, absl::Status and
+// absl::StatusOr:
+//   FABRIC_RETURN_IF_ERROR(DoThing());
+//   FABRIC_ASSIGN_OR_RETURN(auto file, TorchFile::Open(path));
 
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-#define FABRIC_STRATEGIES_CONCAT_INNER(a, b) a##b
-#define FABRIC_STRATEGIES_CONCAT(a, b) FABRIC_STRATEGIES_CONCAT_INNER(a, b)
+#define FABRIC_STATUS_CONCAT_INNER(a, b) a##b
+#define FABRIC_STATUS_CONCAT(a, b) FABRIC_STATUS_CONCAT_INNER(a, b)
 
 #define FABRIC_RETURN_IF_ERROR(expr)               \
   do {                                             \
@@ -25,6 +27,6 @@
 
 #define FABRIC_ASSIGN_OR_RETURN(lhs, expr) \
   FABRIC_ASSIGN_OR_RETURN_IMPL(            \
-      lhs, expr, FABRIC_STRATEGIES_CONCAT(fabric_status_or_, __LINE__))
+      lhs, expr, FABRIC_STATUS_CONCAT(fabric_status_or_, __LINE__))
 
-#endif  // FABRIC_STRATEGIES_STATUS_MACROS_H_
+#endif  // FABRIC_BASE_STATUS_MACROS_H_
