@@ -136,6 +136,11 @@ absl::Status TorchSave(const std::string& path, const Value& value,
                        const TorchSaveOptions& options) {
   AtomicFileWriter::Options file_options;
   file_options.direct_io = options.direct_io;
+  // Larger staging buffers than the writer's default: on this project's disk
+  // 4 x 32 MiB measured 72% of raw O_DIRECT bandwidth against 51-66% for
+  // 3 x 8 MiB (docs/benchmarks.md); checkpoints are large sequential writes.
+  file_options.buffer_bytes = size_t{32} << 20;
+  file_options.buffers = 4;
   absl::StatusOr<std::unique_ptr<AtomicFileWriter>> file =
       AtomicFileWriter::Create(path, file_options);
   if (!file.ok()) return file.status();
