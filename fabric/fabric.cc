@@ -208,6 +208,26 @@ absl::Status Fabric::Barrier() {
   return strategy_->Barrier();
 }
 
+absl::Status Fabric::Broadcast(at::Tensor& tensor, int root) {
+  if (!context_) return absl::OkStatus();
+  return context_->Broadcast(tensor, root);
+}
+
+absl::Status Fabric::AllReduce(at::Tensor& tensor, strategies::ReduceOp op) {
+  if (!context_) return absl::OkStatus();
+  return context_->AllReduce(tensor, op);
+}
+
+absl::StatusOr<std::vector<at::Tensor>> Fabric::AllGather(const at::Tensor& tensor) {
+  if (!context_) return std::vector<at::Tensor>{tensor};
+  return context_->AllGather(tensor);
+}
+
+absl::Status Fabric::RankZeroFirst(const std::function<absl::Status()>& fn) {
+  if (!context_) return fn();
+  return context_->RankZeroFirst(fn);
+}
+
 void Fabric::Print(const std::string& line) const {
   if (is_global_zero()) std::cout << line << std::endl;
 }

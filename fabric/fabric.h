@@ -18,6 +18,7 @@
 #ifndef FABRIC_FABRIC_FABRIC_H_
 #define FABRIC_FABRIC_FABRIC_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -151,7 +152,15 @@ class Fabric {
   const FabricOptions& options() const { return options_; }
   strategies::Strategy& strategy();
 
+  // Collectives across all ranks (identity operations for one process).
   absl::Status Barrier();
+  absl::Status Broadcast(at::Tensor& tensor, int root = 0);
+  absl::Status AllReduce(at::Tensor& tensor, strategies::ReduceOp op = strategies::ReduceOp::kSum);
+  // Every rank's `tensor`, in rank order.
+  absl::StatusOr<std::vector<at::Tensor>> AllGather(const at::Tensor& tensor);
+  // Runs `fn` on rank 0 first, then on the others (e.g. a download or a data
+  // cache that one rank should create); every rank returns the same status.
+  absl::Status RankZeroFirst(const std::function<absl::Status()>& fn);
   // Prints a line on global rank 0 only.
   void Print(const std::string& line) const;
 

@@ -42,6 +42,24 @@ int main(int argc, char** argv) {
   fabric::Fabric& fabric = **f;
   if (auto s = fabric.Launch(); !s.ok()) return fail(s);
 
+  // Fabric's collectives: every rank contributes its rank number.
+  {
+    at::Tensor r = at::full({2}, static_cast<float>(fabric.global_rank()));
+    if (auto s = fabric.AllReduce(r); !s.ok()) return fail(s);
+    const float want = fabric.world_size() * (fabric.world_size() - 1) / 2.0f;
+    auto gathered = fabric.AllGather(at::full({1}, static_cast<float>(fabric.global_rank())));
+    if (!gathered.ok()) return fail(gathered.status());
+    bool ok = r[0].item<float>() == want && gathered->size() == size_t(fabric.world_size());
+    for (size_t i = 0; ok && i < gathered->size(); ++i) ok = (*gathered)[i].item<float>() == i;
+    at::Tensor b = at::full({1}, fabric.global_rank() == 0 ? 7.0f : 0.0f);
+    if (auto s = fabric.Broadcast(b); !s.ok()) return fail(s);
+    ok = ok && b.item<float>() == 7.0f;
+    int order = 0;
+    if (auto s = fabric.RankZeroFirst([&] { order = 1; return absl::OkStatus(); }); !s.ok()) {
+      return fail(s);
+    }
+    if (!ok || order != 1) return fail(absl::InternalError("Fabric collectives gave wrong results"));
+  }
   auto model = fabric_test::MakeModel();
   if (auto s = fabric.SetupModule(model); !s.ok()) return fail(s);
   auto opt = fabric_test::MakeOptimizer(fabric.Parameters(model));
