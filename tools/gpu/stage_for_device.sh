@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE="${FABRIC_CACHE:-$HOME/.cache/fabric_cpp}/bazel_cuda_base"
-bazel --output_base="$BASE" build --config=cuda "$@"
+bazel --output_base="$BASE" build --config=cuda --symlink_prefix=/ "$@"
 BIN=$(bazel --output_base="$BASE" info --config=cuda bazel-bin 2>/dev/null)
 rm -rf .device && mkdir -p .device/bin .device/lib
 for target in "$@"; do
