@@ -660,6 +660,16 @@ struct LoadPlan {
   std::vector<std::function<absl::Status()>> finish;  // after the reads (optimizers)
 };
 
+// After the reads, a sharded model drops full parameters that are now stale;
+// they are gathered again on use.
+void ReshardAfterLoad(LoadPlan& plan, FullyShardedDataParallel* fsdp) {
+  if (fsdp == nullptr) return;
+  plan.finish.push_back([fsdp] {
+    fsdp->Reshard();
+    return absl::OkStatus();
+  });
+}
+
 // Where an optimizer's loaded state goes: {idx: {name: tensor or value}}.
 struct OptimizerLoad {
   torch::optim::Optimizer* optimizer = nullptr;
@@ -815,13 +825,7 @@ absl::StatusOr<Dict> LoadSharded(const std::string& dir, FsdpState& state, int r
           return rd->ReadRegion(fqn, offsets, sizes, dst);
         });
       }
-      if (e.fsdp != nullptr) {
-        FullyShardedDataParallel* fsdp = e.fsdp;
-        plan.finish.push_back([fsdp] {
-          fsdp->Reshard();  // stale full parameters are gathered again on use
-          return absl::OkStatus();
-        });
-      }
+      ReshardAfterLoad(plan, e.fsdp);
       continue;
     }
     // An optimizer.
@@ -1060,13 +1064,7 @@ absl::StatusOr<Dict> LoadFull(const std::string& path, FsdpState& state,
           plan.report.unexpected_keys.push_back(absl::StrCat(e.key, ".", k.is_string() ? k.as_string() : k.DebugString()));
         }
       }
-      if (e.fsdp != nullptr) {
-        FullyShardedDataParallel* fsdp = e.fsdp;
-        plan.finish.push_back([fsdp] {
-          fsdp->Reshard();
-          return absl::OkStatus();
-        });
-      }
+      ReshardAfterLoad(plan, e.fsdp);
       continue;
     }
     // An optimizer: state keyed by FQN (FSDP/Lightning) or by index (a plain
@@ -1192,6 +1190,37 @@ absl::StatusOr<Dict> FsdpLoadCheckpoint(const std::string& path, FsdpState& stat
     return absl::NotFoundError(absl::StrCat("no checkpoint at ", path));
   }
   return LoadFull(path, state, options);
+}
+
+FsdpState FsdpStateOf(
+    const State& state,
+    const std::function<FullyShardedDataParallel*(const torch::nn::Module&)>& sharded_of) {
+  FsdpState out;
+  for (const auto& [key, entry] : state.entries()) {
+    switch (entry.kind()) {
+      case StateEntry::Kind::kModule:
+        if (FullyShardedDataParallel* f = sharded_of ? sharded_of(entry.module()) : nullptr) {
+          out.Model(key, *f);
+        } else {
+          out.Model(key, entry.module());
+        }
+        break;
+      case StateEntry::Kind::kOptimizer:
+        out.Optimizer(key, entry.optimizer());
+        break;
+      case StateEntry::Kind::kValue:
+        out.Set(key, entry.value());
+        break;
+    }
+  }
+  return out;
+}
+
+void CopyLoadedValues(const FsdpState& loaded, State& state) {
+  for (auto& [key, entry] : state.entries()) {
+    if (!entry.is_value()) continue;
+    if (const Value* v = loaded.Find(key)) entry.value() = *v;
+  }
 }
 
 }  // namespace fabric::strategies

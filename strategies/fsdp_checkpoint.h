@@ -35,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "checkpoint/value.h"
+#include "fabric/state.h"
 #include "strategies/fsdp.h"
 #include "strategies/process_group.h"
 
@@ -76,6 +77,14 @@ class FsdpState {
  private:
   std::vector<Entry> entries_;
 };
+
+// The FsdpState of a Fabric State: modules (sharded where `sharded_of`
+// returns their FSDP wrapper, plain otherwise), optimizers and values.
+FsdpState FsdpStateOf(
+    const State& state,
+    const std::function<FullyShardedDataParallel*(const torch::nn::Module&)>& sharded_of = nullptr);
+// Writes the values a load filled into `loaded` back into `state`.
+void CopyLoadedValues(const FsdpState& loaded, State& state);
 
 enum class StateDictType { kSharded, kFull };
 

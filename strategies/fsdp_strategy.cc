@@ -43,32 +43,9 @@ FullyShardedDataParallel* FsdpStrategy::fsdp(const torch::nn::Module& module) co
   return nullptr;
 }
 
-absl::StatusOr<FsdpState> FsdpStrategy::ToFsdpState(const State& state) const {
-  FsdpState out;
-  for (const auto& [key, entry] : state.entries()) {
-    switch (entry.kind()) {
-      case StateEntry::Kind::kModule:
-        if (FullyShardedDataParallel* f = fsdp(entry.module())) {
-          out.Model(key, *f);
-        } else {
-          out.Model(key, entry.module());
-        }
-        break;
-      case StateEntry::Kind::kOptimizer:
-        out.Optimizer(key, entry.optimizer());
-        break;
-      case StateEntry::Kind::kValue:
-        out.Set(key, entry.value());
-        break;
-    }
-  }
-  return out;
-}
-
 absl::Status FsdpStrategy::Save(const std::string& path, const State& state,
                                 const StateFilter& filter) {
-  absl::StatusOr<FsdpState> fs = ToFsdpState(state);
-  if (!fs.ok()) return fs.status();
+  FsdpState fs = FsdpStateOf(state, [this](const torch::nn::Module& m) { return fsdp(m); });
   FsdpCheckpointOptions options;
   options.state_dict_type = state_dict_type_;
   for (const auto& [key, pred] : filter) {
@@ -82,21 +59,16 @@ absl::Status FsdpStrategy::Save(const std::string& path, const State& state,
       return pred(std::string(name), Value());
     };
   }
-  return FsdpSaveCheckpoint(path, *fs, context_.get(), options);
+  return FsdpSaveCheckpoint(path, fs, context_.get(), options);
 }
 
 absl::StatusOr<Dict> FsdpStrategy::Load(const std::string& path, State& state, bool strict) {
-  absl::StatusOr<FsdpState> fs = ToFsdpState(state);
-  if (!fs.ok()) return fs.status();
+  FsdpState fs = FsdpStateOf(state, [this](const torch::nn::Module& m) { return fsdp(m); });
   FsdpCheckpointOptions options;
   options.state_dict_type = state_dict_type_;
   options.strict = strict;
-  absl::StatusOr<Dict> rest = FsdpLoadCheckpoint(path, *fs, context_.get(), options);
-  if (!rest.ok()) return rest.status();
-  for (auto& [key, entry] : state.entries()) {
-    if (!entry.is_value()) continue;
-    if (const Value* v = fs->Find(key)) entry.value() = *v;
-  }
+  absl::StatusOr<Dict> rest = FsdpLoadCheckpoint(path, fs, context_.get(), options);
+  if (rest.ok()) CopyLoadedValues(fs, state);
   return rest;
 }
 

@@ -41,8 +41,6 @@ class FsdpStrategy : public Strategy {
   absl::Status Barrier() override { return context_->Barrier(); }
 
  private:
-  absl::StatusOr<FsdpState> ToFsdpState(const State& state) const;
-
   std::shared_ptr<DistributedContext> context_;
   FsdpOptions options_;
   StateDictType state_dict_type_;

@@ -54,20 +54,12 @@ absl::StatusOr<Dict> SingleFileStrategy::Load(const std::string& path, State& st
   if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
     // A sharded (DCP) checkpoint from an FSDP run: every rank reads the
     // chunks of whole tensors it needs; no process group is involved.
-    FsdpState fs;
-    for (const auto& [key, entry] : state.entries()) {
-      if (entry.is_module()) fs.Model(key, entry.module());
-      else if (entry.is_optimizer()) fs.Optimizer(key, entry.optimizer());
-      else fs.Set(key, entry.value());
-    }
+    FsdpState fs = FsdpStateOf(state);
     FsdpCheckpointOptions options;
     options.strict = strict;
     absl::StatusOr<Dict> rest = FsdpLoadCheckpoint(path, fs, nullptr, options);
     if (!rest.ok()) return rest.status();
-    for (auto& [key, entry] : state.entries()) {
-      if (!entry.is_value()) continue;
-      if (const Value* v = fs.Find(key)) entry.value() = *v;
-    }
+    CopyLoadedValues(fs, state);
     return rest;
   }
   absl::StatusOr<std::unique_ptr<TorchFile>> file = OpenCheckpoint(path);
