@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "checkpoint/file_io.h"
+#include "checkpoint/test_python.h"
 #include "checkpoint/zip_writer.h"
 #include "gtest/gtest.h"
 
@@ -28,26 +29,10 @@ namespace {
 
 std::string g_python;
 
-std::string TmpDir() {
-  const char* tmp = std::getenv("TEST_TMPDIR");
-  return tmp ? tmp : "/tmp";
-}
+using testing::TmpDir;
 
 int RunPython(const std::string& script, const std::vector<std::string>& args, std::string* out) {
-  static int counter = 0;
-  const std::string py = absl::StrCat(TmpDir(), "/rscript_", getpid(), "_", counter++, ".py");
-  std::ofstream(py) << script;
-  std::string cmd = absl::StrCat("'", g_python, "' '", py, "'");
-  for (const std::string& a : args) absl::StrAppend(&cmd, " '", a, "'");
-  absl::StrAppend(&cmd, " 2>&1");
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return -1;
-  char buf[4096];
-  out->clear();
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
-  const int status = pclose(p);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return testing::RunPythonScript(g_python, script, args, out);
 }
 
 std::string Hex(const std::string& s) {

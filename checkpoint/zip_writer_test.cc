@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "checkpoint/file_io.h"
+#include "checkpoint/test_python.h"
 #include "checkpoint/zip_reader.h"
 #include "gtest/gtest.h"
 
@@ -26,28 +27,10 @@ namespace {
 
 std::string g_python;
 
-std::string TmpDir() {
-  const char* tmp = std::getenv("TEST_TMPDIR");
-  return tmp ? tmp : "/tmp";
-}
+using testing::TmpDir;
 
-// Runs a Python script; returns its exit status, stdout+stderr in *out.
 int RunPython(const std::string& script, const std::vector<std::string>& args, std::string* out) {
-  static int counter = 0;
-  const std::string dir = TmpDir();
-  const std::string py = absl::StrCat(dir, "/script_", getpid(), "_", counter++, ".py");
-  std::ofstream(py) << script;
-  std::string cmd = absl::StrCat("'", g_python, "' '", py, "'");
-  for (const std::string& a : args) absl::StrAppend(&cmd, " '", a, "'");
-  absl::StrAppend(&cmd, " 2>&1");
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return -1;
-  char buf[4096];
-  out->clear();
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
-  const int status = pclose(p);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return testing::RunPythonScript(g_python, script, args, out);
 }
 
 std::string Pattern(size_t n, uint32_t seed) {
