@@ -5,8 +5,10 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -166,6 +168,34 @@ TEST(AtomicFileWriterTest, CommitReplacesOldFile) {
   EXPECT_EQ(ListDir(dir), std::vector<std::string>{"ckpt"});
 }
 
+// Replacing a big file frees the old one in the background (its blocks can
+// be slow to free) under a hidden second name; names left by dead processes
+// are cleaned up by a later replace, those of live processes are not.
+TEST(AtomicFileWriterTest, ReplacedFileIsFreedInTheBackground) {
+  const std::string dir = TestDir("retire");
+  const std::string path = dir + "/ckpt.pt";
+  ASSERT_TRUE(AtomicWriteFile(path, Pattern(64 << 20, 3)).ok());
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  ASSERT_GT(child, 0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);  // a pid that is certainly dead
+  const std::string stale = absl::StrCat(".ckpt.pt.retired.", child, ".0123456789abcdef");
+  const std::string live = ".ckpt.pt.retired.1.0123456789abcdef";  // init never dies
+  ASSERT_TRUE(AtomicWriteFile(dir + "/" + stale, "x").ok());
+  ASSERT_TRUE(AtomicWriteFile(dir + "/" + live, "x").ok());
+
+  ASSERT_TRUE(AtomicWriteFile(path, "new").ok());
+  EXPECT_EQ(ReadFile(path), "new");
+  std::vector<std::string> left;
+  for (int i = 0; i < 500; ++i) {  // up to 5 s for the background thread
+    left = ListDir(dir);
+    std::sort(left.begin(), left.end());
+    if (left == std::vector<std::string>{live, "ckpt.pt"}) break;
+    usleep(10000);
+  }
+  EXPECT_EQ(left, (std::vector<std::string>{live, "ckpt.pt"}));
+}
+
 TEST(AtomicFileWriterTest, FailedWriteKeepsOldFileAndNamesPath) {
   const std::string dir = TestDir("efbig");
   const std::string path = dir + "/ckpt";
@@ -309,6 +339,52 @@ TEST(FileReaderTest, BigAndConcurrentReads) {
   }
   for (auto& th : threads) th.join();
   for (int t = 0; t < 8; ++t) EXPECT_TRUE(ok[t]) << "thread " << t;
+}
+
+TEST(FileReaderTest, ReadBatchScattersRecordsInAnyOrder) {
+  const std::string dir = TestDir("reader_batch");
+  const std::string path = dir + "/f";
+  const std::string data = Pattern((40 << 20) + 77, 8);
+  ASSERT_TRUE(AtomicWriteFile(path, data).ok());
+  auto r = FileReader::Open(path);
+  ASSERT_TRUE(r.ok());
+  // Records as a torch.save file has them: small ones a header apart, gaps
+  // too large to join, one record bigger than a read piece, one empty, two
+  // reading the same bytes, and an unsorted order.
+  struct Want {
+    uint64_t offset;
+    size_t n;
+  };
+  std::vector<Want> wants;
+  uint64_t at = 100;
+  for (int i = 0; i < 1500; ++i) {  // more than one preadv's iovecs
+    const size_t n = 64 + (i * 37) % 5000;
+    wants.push_back({at, n});
+    at += n + (i % 3 == 0 ? 0 : 90);
+  }
+  wants.push_back({at + (1 << 20), 0});
+  wants.push_back({at + (1 << 20), 3000});          // past the joining distance
+  wants.push_back({at + (2 << 20), (20 << 20) + 5});  // split over threads
+  wants.push_back({500, 4000});                     // overlaps earlier records
+  std::vector<std::string> out(wants.size());
+  std::vector<ReadRequest> requests;
+  for (size_t i = 0; i < wants.size(); ++i) {
+    out[i].assign(wants[i].n, '\0');
+    requests.push_back({wants[i].offset, out[i].data(), wants[i].n});
+  }
+  std::reverse(requests.begin(), requests.end());
+  ASSERT_TRUE((*r)->ReadBatch(requests).ok());
+  for (size_t i = 0; i < wants.size(); ++i) {
+    ASSERT_TRUE(out[i] == data.substr(wants[i].offset, wants[i].n)) << "request " << i;
+  }
+
+  // A request past the end fails before anything is read, naming the file.
+  std::string buf(100, 'x');
+  absl::Status s = (*r)->ReadBatch({{0, buf.data(), 50}, {data.size() - 10, buf.data() + 50, 20}});
+  EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE(absl::StrContains(s.message(), path)) << s;
+  EXPECT_EQ(buf, std::string(100, 'x'));
+  EXPECT_TRUE((*r)->ReadBatch({}).ok());
 }
 
 TEST(HelpersTest, EnsureDirectoryAndFsync) {

@@ -80,6 +80,11 @@ absl::StatusOr<at::Tensor> MaterializeValue(const Value& value,
   return tensor;
 }
 
+bool ReadsStraightInto(const TensorRef& ref, const at::Tensor& destination) {
+  return destination.device().is_cpu() && destination.scalar_type() == ref.dtype &&
+         destination.is_contiguous() && destination.sizes() == c10::IntArrayRef(ref.sizes);
+}
+
 absl::Status CopyValueInto(const Value& value, at::Tensor& destination,
                            const TensorSource& source, const std::string& key) {
   c10::NoGradGuard no_grad;
@@ -87,8 +92,7 @@ absl::Status CopyValueInto(const Value& value, at::Tensor& destination,
     const TensorRef& ref = value.as_tensor_ref();
     // Read straight into the destination when it already has the file's
     // layout; otherwise through a temporary that copy_ converts.
-    if (destination.device().is_cpu() && destination.scalar_type() == ref.dtype &&
-        destination.is_contiguous() && destination.sizes().vec() == ref.sizes) {
+    if (ReadsStraightInto(ref, destination)) {
       absl::Status status = source(ref, destination);
       if (!status.ok()) {
         return absl::Status(status.code(),

@@ -25,6 +25,18 @@ namespace fabric {
 using TensorSource =
     std::function<absl::Status(const TensorRef& ref, at::Tensor& destination)>;
 
+// One read of a batch: file tensor `ref` into `destination` (same contract as
+// TensorSource).
+struct TensorRead {
+  TensorRef ref;
+  at::Tensor destination;
+};
+
+// Reads many file tensors at once, so that the file layer can keep several
+// reads in flight instead of one small read at a time. Optional beside a
+// TensorSource; a loader without one calls the TensorSource per tensor.
+using TensorBatchSource = std::function<absl::Status(std::vector<TensorRead>& reads)>;
+
 // What loading a state dict into a module found. Unlike Python, which raises
 // on the first kind of problem it meets, this lists every problem at once.
 struct StateLoadReport {
@@ -49,6 +61,10 @@ struct StateLoadReport {
 
 // "[2,3]", the notation of the messages.
 std::string ShapeString(c10::IntArrayRef sizes);
+
+// Whether `source` reads `ref` straight into `destination`: a CPU,
+// contiguous tensor of the file's dtype and shape.
+bool ReadsStraightInto(const TensorRef& ref, const at::Tensor& destination);
 
 // Copies a tensor Value (kTensor, or kTensorRef read through `source`) into
 // the existing `destination`, with Tensor::copy_ semantics (dtype and device

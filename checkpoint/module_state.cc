@@ -68,7 +68,8 @@ Dict ModuleStateDict(const torch::nn::Module& module, const StateKeyFilter& filt
 absl::StatusOr<StateLoadReport> LoadModuleState(torch::nn::Module& module,
                                                 const Dict& state, bool strict,
                                                 const TensorSource& source,
-                                                const std::string& file) {
+                                                const std::string& file,
+                                                const TensorBatchSource& batch) {
   NamedTensors targets;
   CollectState(module, "", &targets);
   std::unordered_map<std::string, size_t> index;
@@ -113,8 +114,24 @@ absl::StatusOr<StateLoadReport> LoadModuleState(torch::nn::Module& module,
   absl::Status status = report.ToStatus(file, strict);
   if (!status.ok()) return status;
 
+  std::vector<bool> done(targets.size(), false);
+  if (batch) {
+    std::vector<TensorRead> reads;
+    for (size_t i = 0; i < targets.size(); ++i) {
+      if (matched[i] == nullptr || !matched[i]->is_tensor_ref() ||
+          !ReadsStraightInto(matched[i]->as_tensor_ref(), targets[i].second)) {
+        continue;
+      }
+      reads.push_back(TensorRead{matched[i]->as_tensor_ref(), targets[i].second});
+      done[i] = true;
+    }
+    c10::NoGradGuard no_grad;
+    // A failed batch is read again one tensor at a time below, so that the
+    // error names the key.
+    if (!batch(reads).ok()) done.assign(targets.size(), false);
+  }
   for (size_t i = 0; i < targets.size(); ++i) {
-    if (matched[i] == nullptr) continue;
+    if (matched[i] == nullptr || done[i]) continue;
     status = CopyValueInto(*matched[i], targets[i].second, source, targets[i].first);
     if (!status.ok()) {
       return absl::Status(status.code(),

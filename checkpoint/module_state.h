@@ -41,10 +41,12 @@ Dict ModuleStateDict(const torch::nn::Module& module,
 // unchanged (except when `source` itself fails midway). Shape and dtype
 // mismatches (and non-tensor values) are errors in both modes; missing and
 // unexpected keys are errors only when `strict`, and are returned in the
-// report otherwise. Errors list every problem and name `file`.
+// report otherwise. Errors list every problem and name `file`. With `batch`,
+// the tensor refs that go straight into their parameters are read in one call.
 absl::StatusOr<StateLoadReport> LoadModuleState(
     torch::nn::Module& module, const Dict& state, bool strict,
-    const TensorSource& source = nullptr, const std::string& file = "state dict");
+    const TensorSource& source = nullptr, const std::string& file = "state dict",
+    const TensorBatchSource& batch = nullptr);
 
 }  // namespace fabric
 

@@ -206,10 +206,23 @@ absl::StatusOr<std::unique_ptr<OptimizerOptions>> ParseAdamGroup(const Dict& gro
   return std::unique_ptr<OptimizerOptions>(std::move(options));
 }
 
-// A state tensor for `param`: a new tensor (never the Value's own) on the
-// parameter's device, in its dtype when the parameter is floating point.
+// The tensor reads of one load. A state tensor whose destination is already
+// final (a CPU parameter's state in the file's dtype) is read after every
+// check has passed, all of them in one batch; any other is read as it is
+// parsed and converted.
+struct StateReads {
+  const TensorSource& source;
+  std::vector<TensorRead> deferred;
+  std::vector<std::string> paths;  // of `deferred`, for errors
+};
+
+// A state tensor for `param`, on the parameter's device and in its dtype when
+// the parameter is floating point: `existing` (the optimizer's current buffer)
+// when the file's tensor fits it, so that a reload needs no new memory;
+// otherwise a new tensor (never the Value's own).
 absl::StatusOr<at::Tensor> StateTensor(const Value& v, const at::Tensor& param,
-                                       const TensorSource& source, const std::string& path) {
+                                       const at::Tensor& existing, StateReads& reads,
+                                       const std::string& path) {
   if (!v.is_tensor() && !v.is_tensor_ref()) {
     return Invalid(path, absl::StrCat("expected a tensor, got ", v.kind_name()));
   }
@@ -218,7 +231,18 @@ absl::StatusOr<at::Tensor> StateTensor(const Value& v, const at::Tensor& param,
     return Invalid(path, absl::StrCat("shape ", ShapeString(sizes), " vs parameter shape ",
                                       ShapeString(param.sizes())));
   }
-  FABRIC_ASSIGN_OR_RETURN(at::Tensor tensor, MaterializeValue(v, source, path));
+  if (v.is_tensor_ref() && reads.source && param.device().is_cpu()) {
+    const TensorRef& ref = v.as_tensor_ref();
+    if (!param.is_floating_point() || ref.dtype == param.scalar_type()) {
+      at::Tensor dst = existing.defined() && ReadsStraightInto(ref, existing)
+                           ? existing
+                           : at::empty(ref.sizes, at::TensorOptions().dtype(ref.dtype));
+      reads.deferred.push_back(TensorRead{ref, dst});
+      reads.paths.push_back(path);
+      return dst;
+    }
+  }
+  FABRIC_ASSIGN_OR_RETURN(at::Tensor tensor, MaterializeValue(v, reads.source, path));
   const at::ScalarType dtype =
       param.is_floating_point() ? param.scalar_type() : tensor.scalar_type();
   try {
@@ -230,6 +254,13 @@ absl::StatusOr<at::Tensor> StateTensor(const Value& v, const at::Tensor& param,
   } catch (const c10::Error& e) {
     return Invalid(path, e.what_without_backtrace());
   }
+}
+
+// The existing buffer `get` of `old` when it is a `State`, else undefined.
+template <typename State, typename Getter>
+at::Tensor ExistingBuffer(const OptimizerParamState* old, Getter get) {
+  const auto* typed = dynamic_cast<const State*>(old);
+  return typed == nullptr ? at::Tensor() : get(*typed);
 }
 
 // 'step': a tensor (torch >= 1.12), an int or a float (older torch).
@@ -260,8 +291,8 @@ absl::StatusOr<int64_t> StepValue(const Value& v, const TensorSource& source,
 }
 
 absl::StatusOr<std::unique_ptr<OptimizerParamState>> ParseSGDState(
-    const Dict& entry, const at::Tensor& param, const TensorSource& source,
-    const std::string& path) {
+    const Dict& entry, const at::Tensor& param, const OptimizerParamState* old,
+    StateReads& reads, const std::string& path) {
   for (const auto& [key, value] : entry.items()) {
     if (!key.is_string() || key.as_string() != "momentum_buffer") {
       return Invalid(absl::StrCat(path, ".", key.is_string() ? key.as_string() : key.DebugString()),
@@ -271,8 +302,11 @@ absl::StatusOr<std::unique_ptr<OptimizerParamState>> ParseSGDState(
   const Value* buffer = entry.Find("momentum_buffer");
   // torch < 2.1 stored 'momentum_buffer': None when momentum was 0.
   if (buffer == nullptr || buffer->is_none()) return nullptr;
-  FABRIC_ASSIGN_OR_RETURN(at::Tensor tensor,
-                   StateTensor(*buffer, param, source, absl::StrCat(path, ".momentum_buffer")));
+  const at::Tensor existing =
+      ExistingBuffer<SGDParamState>(old, [](const SGDParamState& s) { return s.momentum_buffer(); });
+  FABRIC_ASSIGN_OR_RETURN(
+      at::Tensor tensor,
+      StateTensor(*buffer, param, existing, reads, absl::StrCat(path, ".momentum_buffer")));
   auto state = std::make_unique<SGDParamState>();
   state->momentum_buffer(std::move(tensor));
   return std::unique_ptr<OptimizerParamState>(std::move(state));
@@ -280,8 +314,8 @@ absl::StatusOr<std::unique_ptr<OptimizerParamState>> ParseSGDState(
 
 template <typename State>
 absl::StatusOr<std::unique_ptr<OptimizerParamState>> ParseAdamState(
-    const Dict& entry, const at::Tensor& param, bool amsgrad, const TensorSource& source,
-    const std::string& path, const std::string& type) {
+    const Dict& entry, const at::Tensor& param, const OptimizerParamState* old, bool amsgrad,
+    StateReads& reads, const std::string& path, const std::string& type) {
   if (entry.empty()) return nullptr;
   for (const auto& [key, value] : entry.items()) {
     const bool known = key.is_string() &&
@@ -295,7 +329,7 @@ absl::StatusOr<std::unique_ptr<OptimizerParamState>> ParseAdamState(
   auto state = std::make_unique<State>();
   const Value* step = entry.Find("step");
   if (step == nullptr) return Invalid(absl::StrCat(path, ".step"), "missing");
-  FABRIC_ASSIGN_OR_RETURN(int64_t step_value, StepValue(*step, source, absl::StrCat(path, ".step")));
+  FABRIC_ASSIGN_OR_RETURN(int64_t step_value, StepValue(*step, reads.source, absl::StrCat(path, ".step")));
   state->step(step_value);
   for (const char* name : {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}) {
     const std::string where = absl::StrCat(path, ".", name);
@@ -309,7 +343,11 @@ absl::StatusOr<std::unique_ptr<OptimizerParamState>> ParseAdamState(
       }
       continue;
     }
-    FABRIC_ASSIGN_OR_RETURN(at::Tensor tensor, StateTensor(*v, param, source, where));
+    const std::string_view n(name);
+    const at::Tensor existing = ExistingBuffer<State>(old, [n](const State& s) {
+      return n == "exp_avg" ? s.exp_avg() : n == "exp_avg_sq" ? s.exp_avg_sq() : s.max_exp_avg_sq();
+    });
+    FABRIC_ASSIGN_OR_RETURN(at::Tensor tensor, StateTensor(*v, param, existing, reads, where));
     if (std::string_view(name) == "exp_avg") {
       state->exp_avg(std::move(tensor));
     } else if (std::string_view(name) == "exp_avg_sq") {
@@ -382,7 +420,8 @@ absl::StatusOr<Dict> OptimizerStateDict(const Optimizer& optimizer) {
 }
 
 absl::Status LoadOptimizerState(Optimizer& optimizer, const Dict& state,
-                                const TensorSource& source, std::string_view key_prefix) {
+                                const TensorSource& source, std::string_view key_prefix,
+                                const TensorBatchSource& batch) {
   FABRIC_ASSIGN_OR_RETURN(OptKind kind, KindOf(optimizer));
   const std::string type = kind == OptKind::kSGD    ? "torch::optim::SGD"
                            : kind == OptKind::kAdam ? "torch::optim::Adam"
@@ -462,6 +501,8 @@ absl::Status LoadOptimizerState(Optimizer& optimizer, const Dict& state,
   }
 
   std::vector<std::pair<void*, std::unique_ptr<OptimizerParamState>>> new_states;
+  StateReads reads{source, {}, {}};
+  auto& states = optimizer.state();
   for (const auto& [key, value] : state_v->as_dict().items()) {
     const std::string path =
         absl::StrCat(prefix, ".state.", key.is_int() ? std::to_string(key.as_int()) : key.DebugString());
@@ -472,33 +513,48 @@ absl::Status LoadOptimizerState(Optimizer& optimizer, const Dict& state,
       return Invalid(path, absl::StrCat("expected a dict, got ", value.kind_name()));
     }
     const at::Tensor& param = it->second.param;
+    const auto old_it = states.find(param.unsafeGetTensorImpl());
+    const OptimizerParamState* old = old_it == states.end() ? nullptr : old_it->second.get();
     std::unique_ptr<OptimizerParamState> parsed;
     switch (kind) {
       case OptKind::kSGD: {
-        FABRIC_ASSIGN_OR_RETURN(parsed, ParseSGDState(value.as_dict(), param, source, path));
+        FABRIC_ASSIGN_OR_RETURN(parsed, ParseSGDState(value.as_dict(), param, old, reads, path));
         break;
       }
       case OptKind::kAdam: {
         const bool amsgrad = static_cast<const AdamOptions&>(*new_options[it->second.group]).amsgrad();
-        FABRIC_ASSIGN_OR_RETURN(parsed, ParseAdamState<AdamParamState>(value.as_dict(), param, amsgrad,
-                                                                source, path, type));
+        FABRIC_ASSIGN_OR_RETURN(parsed, ParseAdamState<AdamParamState>(
+                                    value.as_dict(), param, old, amsgrad, reads, path, type));
         break;
       }
       case OptKind::kAdamW: {
         const bool amsgrad = static_cast<const AdamWOptions&>(*new_options[it->second.group]).amsgrad();
-        FABRIC_ASSIGN_OR_RETURN(parsed, ParseAdamState<AdamWParamState>(value.as_dict(), param, amsgrad,
-                                                                 source, path, type));
+        FABRIC_ASSIGN_OR_RETURN(parsed, ParseAdamState<AdamWParamState>(
+                                    value.as_dict(), param, old, amsgrad, reads, path, type));
         break;
       }
     }
     if (parsed != nullptr) new_states.emplace_back(param.unsafeGetTensorImpl(), std::move(parsed));
   }
 
+  // Everything checked: read the deferred tensors, in one batch where the
+  // caller can, else (or to name the key of a failed batch) one by one.
+  if (!reads.deferred.empty()) {
+    c10::NoGradGuard no_grad;
+    if (!batch || !batch(reads.deferred).ok()) {
+      for (size_t i = 0; i < reads.deferred.size(); ++i) {
+        TensorRead& r = reads.deferred[i];
+        if (absl::Status s = source(r.ref, r.destination); !s.ok()) {
+          return absl::Status(s.code(), absl::StrCat(reads.paths[i], ": ", s.message()));
+        }
+      }
+    }
+  }
+
   // Pass 2: replace, as Python's load_state_dict replaces the whole state.
   for (size_t g = 0; g < our_groups.size(); ++g) {
     our_groups[g].set_options(std::move(new_options[g]));
   }
-  auto& states = optimizer.state();
   states.clear();
   for (auto& [impl, s] : new_states) states[impl] = std::move(s);
   return absl::OkStatus();

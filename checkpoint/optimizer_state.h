@@ -52,9 +52,17 @@ absl::StatusOr<Dict> OptimizerStateDict(const torch::optim::Optimizer& optimizer
 // each state tensor's shape against its parameter before changing anything.
 // Errors name the key, prefixed with `key_prefix`, e.g.
 // "optimizer.state.3.exp_avg: shape [4] vs parameter shape [2,2]".
+//
+// Unlike Python, a tensor ref read from a file goes into the optimizer's
+// existing buffer for that state when it has the file's shape and dtype, so
+// that reloading a checkpoint into a live optimizer needs no second copy of
+// its state (an I/O error partway leaves those buffers partly read, as
+// LoadModuleState leaves parameters). With `batch`, such reads happen in one
+// call after every check.
 absl::Status LoadOptimizerState(torch::optim::Optimizer& optimizer, const Dict& state,
                                 const TensorSource& source = nullptr,
-                                std::string_view key_prefix = "optimizer");
+                                std::string_view key_prefix = "optimizer",
+                                const TensorBatchSource& batch = nullptr);
 
 }  // namespace fabric
 

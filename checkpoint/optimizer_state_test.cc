@@ -795,6 +795,68 @@ TEST(LoadOptimizerState, ConvertsStateToTheParameterDtype) {
   }
 }
 
+// Reloading a file into a live optimizer reads into its existing buffers (no
+// second copy of the state), after every check, in one batch.
+TEST(LoadOptimizerState, FileTensorsGoIntoTheLiveBuffersInOneBatch) {
+  Trainer reference = AdamTrainer();
+  Dict sd = DeepCopy(*OptimizerStateDict(*reference.opt));
+  // Stand-in for a file: each state tensor becomes a ref into `storages`.
+  std::map<std::string, at::Tensor> storages;
+  for (auto& [i, entry] : sd.Find("state")->as_dict().mutable_items()) {
+    for (auto& [k, v] : entry.as_dict().mutable_items()) {
+      const at::Tensor t = v.as_tensor();
+      TensorRef ref;
+      ref.storage_key = absl::StrCat(storages.size());
+      ref.dtype = t.scalar_type();
+      ref.storage_numel = t.numel();
+      ref.sizes = t.sizes().vec();
+      ref.strides = t.strides().vec();
+      storages[ref.storage_key] = t;
+      v = Value(ref);
+    }
+  }
+  int single_reads = 0, batches = 0;
+  size_t batched = 0;
+  TensorSource source = [&](const TensorRef& ref, at::Tensor& dst) {
+    ++single_reads;
+    dst.copy_(storages.at(ref.storage_key));
+    return absl::OkStatus();
+  };
+  TensorBatchSource batch = [&](std::vector<TensorRead>& reads) {
+    ++batches;
+    batched += reads.size();
+    for (TensorRead& r : reads) r.destination.copy_(storages.at(r.ref.storage_key));
+    return absl::OkStatus();
+  };
+
+  Trainer t = AdamTrainer();  // live state of its own, to be replaced
+  const std::vector<at::Tensor> params = t.model->parameters();
+  const std::vector<at::Tensor> reference_params = reference.model->parameters();
+  std::vector<void*> before;
+  for (const at::Tensor& p : params) {
+    before.push_back(AdamStateOf(*t.opt, p).exp_avg().data_ptr());
+  }
+  ASSERT_TRUE(LoadOptimizerState(*t.opt, sd, source, "optimizer", batch).ok());
+  EXPECT_EQ(batches, 1);
+  EXPECT_EQ(single_reads, static_cast<int>(params.size()));  // the 'step's
+  EXPECT_EQ(batched, 2 * params.size());                      // exp_avg, exp_avg_sq
+  for (size_t i = 0; i < params.size(); ++i) {
+    EXPECT_EQ(AdamStateOf(*t.opt, params[i]).exp_avg().data_ptr(), before[i]) << "parameter " << i;
+    EXPECT_TRUE(AdamStateOf(*t.opt, params[i]).exp_avg().equal(
+        AdamStateOf(*reference.opt, reference_params[i]).exp_avg()));
+  }
+
+  // A bad entry anywhere leaves the live state untouched: nothing is read
+  // before every check has passed.
+  const at::Tensor live = AdamStateOf(*t.opt, params[0]).exp_avg().clone();
+  StateEntry(sd, 1).Set("exp_avg", Value(at::zeros({7})));
+  storages.at("1").fill_(42);  // parameter 0's exp_avg, were it read
+  batches = 0;
+  EXPECT_FALSE(LoadOptimizerState(*t.opt, sd, source, "optimizer", batch).ok());
+  EXPECT_EQ(batches, 0);
+  EXPECT_TRUE(AdamStateOf(*t.opt, params[0]).exp_avg().equal(live));
+}
+
 }  // namespace
 }  // namespace fabric
 

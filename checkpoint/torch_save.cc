@@ -122,11 +122,11 @@ absl::Status WriteTrailingRecords(ZipWriter& zip) {
 AtomicFileWriter::Options FileOptions(const TorchSaveOptions& options) {
   AtomicFileWriter::Options file_options;
   file_options.direct_io = options.direct_io;
-  // Larger staging buffers than the writer's default: on this project's disk
-  // 4 x 32 MiB measured 72% of raw O_DIRECT bandwidth against 51-66% for
-  // 3 x 8 MiB (docs/benchmarks.md); checkpoints are large sequential writes.
-  file_options.buffer_bytes = size_t{32} << 20;
+  // Larger staging buffers than the writer's default by default: checkpoints
+  // are large sequential writes (4 x 32 MiB, two writes in flight;
+  // docs/benchmarks.md).
   file_options.buffers = 4;
+  file_options.buffer_bytes = std::max<size_t>(options.staging_bytes / 4, 4096);
   return file_options;
 }
 
@@ -409,47 +409,99 @@ absl::StatusOr<at::Tensor> TorchFile::ReadTensor(const TensorRef& ref,
   return out;
 }
 
-absl::Status TorchFile::ReadInto(const TensorRef& ref, at::Tensor& dst) const {
+absl::StatusOr<std::optional<ReadRequest>> TorchFile::DirectRead(const TensorRef& ref,
+                                                                   at::Tensor& dst) const {
   if (dst.sizes() != c10::IntArrayRef(ref.sizes)) {
     return absl::InvalidArgumentError(
         absl::StrCat(path(), ": tensor 'data/", ref.storage_key, "' has shape [",
                      absl::StrJoin(ref.sizes, ", "), "] but the destination has shape [",
                      absl::StrJoin(dst.sizes(), ", "), "]"));
   }
-  if (dst.device().is_cpu() && dst.is_contiguous() && dst.scalar_type() == ref.dtype &&
-      ref.is_contiguous()) {
-    absl::StatusOr<const ZipReader::Entry*> entry = StorageRecord(ref);
-    if (!entry.ok()) return entry.status();
-    const uint64_t nbytes = static_cast<uint64_t>(dst.numel()) * dst.element_size();
-    if (nbytes == 0) return absl::OkStatus();
-    return file_->ReadAt(
-        (*entry)->data_offset + static_cast<uint64_t>(ref.storage_offset) * dst.element_size(),
-        dst.data_ptr(), nbytes);
+  if (!(dst.device().is_cpu() && dst.is_contiguous() && dst.scalar_type() == ref.dtype &&
+        ref.is_contiguous())) {
+    return std::nullopt;
   }
+  absl::StatusOr<const ZipReader::Entry*> entry = StorageRecord(ref);
+  if (!entry.ok()) return entry.status();
+  const uint64_t nbytes = static_cast<uint64_t>(dst.numel()) * dst.element_size();
+  return ReadRequest{
+      (*entry)->data_offset + static_cast<uint64_t>(ref.storage_offset) * dst.element_size(),
+      nbytes == 0 ? nullptr : dst.data_ptr(), nbytes};
+}
+
+absl::Status TorchFile::ReadInto(const TensorRef& ref, at::Tensor& dst) const {
+  absl::StatusOr<std::optional<ReadRequest>> direct = DirectRead(ref, dst);
+  if (!direct.ok()) return direct.status();
+  if (direct->has_value()) return file_->ReadAt((*direct)->offset, (*direct)->dst, (*direct)->n);
   absl::StatusOr<at::Tensor> t = ReadTensor(ref, c10::kCPU);
   if (!t.ok()) return t.status();
   dst.copy_(*t);
   return absl::OkStatus();
 }
 
+absl::Status TorchFile::ReadIntoMany(std::vector<TensorRead>& reads) const {
+  std::vector<ReadRequest> batch;
+  std::vector<TensorRead*> others;
+  for (TensorRead& r : reads) {
+    absl::StatusOr<std::optional<ReadRequest>> direct = DirectRead(r.ref, r.destination);
+    if (!direct.ok()) return direct.status();
+    if (direct->has_value()) {
+      batch.push_back(**direct);
+    } else {
+      others.push_back(&r);
+    }
+  }
+  if (absl::Status s = file_->ReadBatch(std::move(batch)); !s.ok()) return s;
+  for (TensorRead* r : others) {
+    if (absl::Status s = ReadInto(r->ref, r->destination); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Device& device) const {
-  std::unordered_map<std::string, at::Storage> storages;
-  // Recursive copy of the containers with refs replaced.
-  std::function<absl::StatusOr<Value>(const Value&)> visit =
-      [&](const Value& v) -> absl::StatusOr<Value> {
+  // Pass 1: every storage the tree references, checked, allocated on the CPU
+  // and read in one batch.
+  std::unordered_map<std::string, at::Tensor> storages;  // key -> byte tensor
+  std::vector<ReadRequest> batch;
+  std::function<absl::Status(const Value&)> collect = [&](const Value& v) -> absl::Status {
+    if (v.is_tensor_ref()) {
+      const TensorRef& ref = v.as_tensor_ref();
+      absl::StatusOr<const ZipReader::Entry*> entry = StorageRecord(ref);
+      if (!entry.ok()) return entry.status();
+      if (storages.count(ref.storage_key) == 0) {
+        const int64_t nbytes = ref.storage_numel * ElementSize(ref.dtype);
+        at::Tensor bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
+        if (nbytes > 0) {
+          batch.push_back(ReadRequest{(*entry)->data_offset, bytes.data_ptr(),
+                                      static_cast<size_t>(nbytes)});
+        }
+        storages.emplace(ref.storage_key, std::move(bytes));
+      }
+    } else if (v.is_sequence()) {
+      for (const Value& item : v.items()) {
+        if (absl::Status s = collect(item); !s.ok()) return s;
+      }
+    } else if (v.is_dict()) {
+      for (const auto& [k, item] : v.as_dict()) {
+        if (absl::Status s = collect(item); !s.ok()) return s;
+      }
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status s = collect(value); !s.ok()) return s;
+  if (absl::Status s = file_->ReadBatch(std::move(batch)); !s.ok()) return s;
+  if (!device.is_cpu()) {
+    for (auto& [key, bytes] : storages) bytes = bytes.to(device);
+  }
+
+  // Pass 2: the tree with each ref replaced by a view of its storage.
+  std::function<Value(const Value&)> build = [&](const Value& v) -> Value {
     switch (v.kind()) {
       case Value::Kind::kTensorRef: {
         const TensorRef& ref = v.as_tensor_ref();
-        auto it = storages.find(ref.storage_key);
-        if (it == storages.end()) {
-          absl::StatusOr<at::Storage> s = ReadStorage(ref, device);
-          if (!s.ok()) return s.status();
-          it = storages.emplace(ref.storage_key, *std::move(s)).first;
-        } else if (absl::StatusOr<const ZipReader::Entry*> e = StorageRecord(ref); !e.ok()) {
-          return e.status();
-        }
         at::Tensor t = at::empty({0}, at::TensorOptions().dtype(ref.dtype).device(device));
-        t.set_(it->second, ref.storage_offset, ref.sizes, ref.strides);
+        t.set_(storages.at(ref.storage_key).storage(), ref.storage_offset, ref.sizes,
+               ref.strides);
         if (ref.requires_grad && at::isFloatingType(ref.dtype)) t.requires_grad_(true);
         return Value(t);
       }
@@ -457,27 +509,19 @@ absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Devi
       case Value::Kind::kTuple: {
         std::vector<Value> items;
         items.reserve(v.items().size());
-        for (const Value& item : v.items()) {
-          absl::StatusOr<Value> m = visit(item);
-          if (!m.ok()) return m.status();
-          items.push_back(*std::move(m));
-        }
+        for (const Value& item : v.items()) items.push_back(build(item));
         return v.is_list() ? Value::List(std::move(items)) : Value::Tuple(std::move(items));
       }
       case Value::Kind::kDict: {
         Dict d;
-        for (const auto& [k, item] : v.as_dict()) {
-          absl::StatusOr<Value> m = visit(item);
-          if (!m.ok()) return m.status();
-          d.Set(k, *std::move(m));
-        }
+        for (const auto& [k, item] : v.as_dict()) d.Set(k, build(item));
         return Value(std::move(d));
       }
       default:
         return v;
     }
   };
-  return visit(value);
+  return build(value);
 }
 
 absl::StatusOr<Value> TorchLoad(const std::string& path, const c10::Device& device) {

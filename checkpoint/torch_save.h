@@ -24,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "checkpoint/file_io.h"
+#include "checkpoint/load_report.h"
 #include "checkpoint/value.h"
 #include "checkpoint/zip_reader.h"
 
@@ -33,6 +34,10 @@ struct TorchSaveOptions {
   // Write through O_DIRECT with staging buffers (falls back to buffered I/O
   // where the filesystem does not support it).
   bool direct_io = true;
+  // Memory for the aligned staging buffers of direct I/O, split in four (two
+  // being written while the caller fills a third). Writers that promise a
+  // memory bound (full FSDP saves, consolidation) ask for less.
+  size_t staging_bytes = size_t{128} << 20;
   // Called after each storage record with bytes written so far and the total.
   std::function<void(uint64_t done, uint64_t total)> progress;
 };
@@ -110,9 +115,13 @@ class TorchFile {
   // straight into dst's memory when it is a contiguous CPU tensor of the same
   // dtype; otherwise through a temporary and dst.copy_() (casts, devices).
   absl::Status ReadInto(const TensorRef& ref, at::Tensor& dst) const;
+  // ReadInto for many tensors: those whose bytes go straight into their
+  // destination are read together (FileReader::ReadBatch), the rest one by one.
+  absl::Status ReadIntoMany(std::vector<TensorRead>& reads) const;
 
   // Replaces every TensorRef in `value` by a tensor on `device`. Tensors that
-  // share a storage in the file share one in memory, as with torch.load.
+  // share a storage in the file share one in memory, as with torch.load. All
+  // storages are read in one batch.
   absl::StatusOr<Value> Materialize(const Value& value,
                                     const c10::Device& device = c10::kCPU) const;
 
@@ -123,6 +132,9 @@ class TorchFile {
   absl::StatusOr<const ZipReader::Entry*> StorageRecord(const TensorRef& ref) const;
   absl::StatusOr<at::Storage> ReadStorage(const TensorRef& ref,
                                           const c10::Device& device) const;
+  // Where ReadInto would put the bytes straight into dst: the request for it.
+  absl::StatusOr<std::optional<ReadRequest>> DirectRead(const TensorRef& ref,
+                                                        at::Tensor& dst) const;
 
   std::shared_ptr<FileReader> file_;
   std::unique_ptr<ZipReader> zip_;

@@ -22,6 +22,10 @@ t0 = time.perf_counter()
 state = torch.load(src, weights_only=True)
 load_s = time.perf_counter() - t0
 
+# Start from no file, so that Python does not pay for freeing the previous
+# run's blocks (slow where the filesystem discards them) inside its timing.
+if os.path.exists(dst):
+    os.unlink(dst)
 t0 = time.perf_counter()
 with open(dst, "wb") as f:
     torch.save(state, f)

@@ -10,6 +10,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+
 namespace fabric {
 namespace {
 
@@ -71,6 +73,38 @@ TEST(TorchSave, ReadIntoWritesStraightIntoDestination) {
   absl::Status s = (*file)->ReadInto(ref->as_tensor_ref(), wrong);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("[64, 32]"), std::string::npos) << s;
+}
+
+TEST(TorchSave, ReadIntoManyMixesDirectAndConvertedReads) {
+  Dict d;
+  std::vector<at::Tensor> src;
+  for (int i = 0; i < 50; ++i) {
+    src.push_back(at::randn({1 + i * 13}));
+    d.Set(absl::StrCat("t", i), src.back());
+  }
+  const std::string path = TmpPath("many.pt");
+  ASSERT_TRUE(TorchSave(path, Value(d)).ok());
+  auto file = TorchFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<TensorRead> reads;
+  for (int i = 0; i < 50; ++i) {
+    // Every third destination is float64: read through a temporary and cast.
+    at::Tensor dst = at::zeros({1 + i * 13}, i % 3 == 0 ? at::kDouble : at::kFloat);
+    reads.push_back({(*file)->root().as_dict().Find(absl::StrCat("t", i))->as_tensor_ref(), dst});
+  }
+  std::vector<void*> before;
+  for (const TensorRead& r : reads) before.push_back(r.destination.data_ptr());
+  ASSERT_TRUE((*file)->ReadIntoMany(reads).ok());
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ(reads[i].destination.data_ptr(), before[i]);
+    EXPECT_TRUE(reads[i].destination.equal(src[i].to(reads[i].destination.scalar_type())))
+        << "tensor " << i;
+  }
+  // A wrong shape anywhere fails the batch, naming the shapes.
+  reads[7].destination = at::zeros({3});
+  absl::Status s = (*file)->ReadIntoMany(reads);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("[92]"), std::string::npos) << s;
 }
 
 TEST(TorchSave, FailedSaveKeepsPreviousFile) {

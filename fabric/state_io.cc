@@ -21,6 +21,10 @@ TensorSource SourceFor(const TorchFile& file) {
   return [&file](const TensorRef& ref, at::Tensor& dst) { return file.ReadInto(ref, dst); };
 }
 
+TensorBatchSource BatchSourceFor(const TorchFile& file) {
+  return [&file](std::vector<TensorRead>& reads) { return file.ReadIntoMany(reads); };
+}
+
 absl::StatusOr<const Dict*> EntryDict(const TorchFile& file, const std::string& key,
                                       const Value& v) {
   if (!v.is_dict()) {
@@ -181,7 +185,8 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
         if (!d.ok()) return d.status();
         // A strict mismatch comes back as an error listing every problem.
         absl::StatusOr<StateLoadReport> report =
-            LoadModuleState(entry.module(), **d, strict, SourceFor(file), file.path());
+            LoadModuleState(entry.module(), **d, strict, SourceFor(file), file.path(),
+                            BatchSourceFor(file));
         if (!report.ok()) return Annotate(report.status(), absl::StrCat("entry '", key, "': "));
         break;
       }
@@ -191,7 +196,8 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
         absl::StatusOr<Dict> by_index =
             RekeyByIndex(**d, entry.optimizer(), state, absl::StrCat(file.path(), ": ", key));
         if (!by_index.ok()) return by_index.status();
-        if (absl::Status s = LoadOptimizerState(entry.optimizer(), *by_index, SourceFor(file), key);
+        if (absl::Status s = LoadOptimizerState(entry.optimizer(), *by_index, SourceFor(file), key,
+                                              BatchSourceFor(file));
             !s.ok()) {
           return Annotate(s, absl::StrCat(file.path(), ": "));
         }
@@ -232,7 +238,8 @@ absl::Status LoadRawModule(const TorchFile& file, torch::nn::Module& module, boo
                                                    ", not a module state dict"));
   }
   absl::StatusOr<StateLoadReport> report =
-      LoadModuleState(module, root.as_dict(), strict, SourceFor(file), file.path());
+      LoadModuleState(module, root.as_dict(), strict, SourceFor(file), file.path(),
+                      BatchSourceFor(file));
   return report.status();
 }
 
@@ -242,7 +249,8 @@ absl::Status LoadRawOptimizer(const TorchFile& file, torch::optim::Optimizer& op
     return absl::InvalidArgumentError(absl::StrCat(file.path(), ": holds a ", root.kind_name(),
                                                    ", not an optimizer state dict"));
   }
-  return Annotate(LoadOptimizerState(optimizer, root.as_dict(), SourceFor(file)),
+  return Annotate(LoadOptimizerState(optimizer, root.as_dict(), SourceFor(file), "optimizer",
+                                     BatchSourceFor(file)),
                   absl::StrCat(file.path(), ": "));
 }
 

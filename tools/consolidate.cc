@@ -250,6 +250,7 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
   // 2. The archive: pickle first, then each storage streamed.
   TorchSaveOptions save_options;
   save_options.direct_io = options.direct_io;
+  save_options.staging_bytes = size_t{32} << 20;  // memory stays flat
   absl::StatusOr<std::unique_ptr<TorchStreamWriter>> writer =
       TorchStreamWriter::Create(out, *tree, save_options);
   if (!writer.ok()) return writer.status();
