@@ -171,6 +171,24 @@ absl::Status LoadPhase(const strategies::ClusterEnvironment& c) {
       }
       ASSIGN_OR_RETURN_STATUS(full, FullParams(*net, fsdp.get()));
       continued[kind] = full;
+      // Reloading into the live optimizer reads into its buffers: no second
+      // copy of the optimizer state while the old one is still held.
+      std::vector<const void*> buffers;
+      for (size_t i = 0; i < fsdp->params().size(); ++i) {
+        ASSIGN_OR_RETURN_STATUS(st, ParamState(opt, static_cast<int>(i)));
+        buffers.push_back(st.Find("exp_avg")->as_tensor().data_ptr());
+        buffers.push_back(st.Find("exp_avg_sq")->as_tensor().data_ptr());
+      }
+      remaining = strategies::FsdpLoadCheckpoint(path, state, ctx.get());
+      if (!remaining.ok()) return absl::InternalError(what + remaining.status().ToString());
+      CHECK_OK(CheckLoaded(state, *remaining, opt, ref, fsdp.get(), nullptr, what + "reload "));
+      for (size_t i = 0; i < fsdp->params().size(); ++i) {
+        ASSIGN_OR_RETURN_STATUS(st, ParamState(opt, static_cast<int>(i)));
+        CHECK_OK(Check(st.Find("exp_avg")->as_tensor().data_ptr() == buffers[2 * i] &&
+                           st.Find("exp_avg_sq")->as_tensor().data_ptr() == buffers[2 * i + 1],
+                       what + "reload allocated new optimizer buffers for " +
+                           fsdp->params()[i].fqn));
+      }
       for (const auto& [name, t] : full) {
         const at::Tensor& want = cont_v.as_dict().Find(name)->as_tensor();
         if (world == n) {
