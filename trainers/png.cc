@@ -9,9 +9,57 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace fabric::trainers {
 namespace {
+
+// 5x7 glyphs, one row per byte, bit 4 the leftmost pixel.
+struct Glyph {
+  char c;
+  uint8_t rows[7];
+};
+constexpr Glyph kFont[] = {
+    {'0', {0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E}},
+    {'1', {0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E}},
+    {'2', {0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F}},
+    {'3', {0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E}},
+    {'4', {0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02}},
+    {'5', {0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E}},
+    {'6', {0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E}},
+    {'7', {0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08}},
+    {'8', {0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E}},
+    {'9', {0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C}},
+    {'.', {0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C}},
+    {'-', {0x00, 0x00, 0x00, 0x1F, 0x00, 0x00, 0x00}},
+    {'+', {0x00, 0x04, 0x04, 0x1F, 0x04, 0x04, 0x00}},
+    {'a', {0x00, 0x00, 0x0E, 0x01, 0x0F, 0x11, 0x0F}},
+    {'e', {0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E}},
+    {'g', {0x00, 0x0F, 0x11, 0x11, 0x0F, 0x01, 0x0E}},
+    {'k', {0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12}},
+    {'l', {0x0C, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E}},
+    {'n', {0x00, 0x00, 0x16, 0x19, 0x11, 0x11, 0x11}},
+    {'o', {0x00, 0x00, 0x0E, 0x11, 0x11, 0x11, 0x0E}},
+    {'p', {0x00, 0x00, 0x1E, 0x11, 0x1E, 0x10, 0x10}},
+    {'r', {0x00, 0x00, 0x16, 0x19, 0x10, 0x10, 0x10}},
+    {'s', {0x00, 0x00, 0x0E, 0x10, 0x0E, 0x01, 0x1E}},
+    {'t', {0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06}},
+};
+constexpr int kGlyphAdvance = 6;
+
+const Glyph* FindGlyph(char c) {
+  for (const Glyph& g : kFont) {
+    if (g.c == c) return &g;
+  }
+  return nullptr;
+}
+
+// A tick value as short text: "%g" of the value rounded to the tick step, so
+// that 0.1 + 0.2 prints as 0.3.
+std::string TickText(double v, double step) {
+  if (std::fabs(v) < step * 1e-9) v = 0;
+  return absl::StrFormat("%.4g", v);
+}
 
 void PutBe32(std::string& out, uint32_t v) {
   out.push_back(static_cast<char>(v >> 24));
@@ -124,10 +172,24 @@ double NiceStep(double span, int target) {
 
 }  // namespace
 
-RgbImage DrawLineChart(const std::vector<double>& xs, const std::vector<double>& ys, int width,
+void RgbImage::Text(int x, int y, std::string_view text, uint32_t rgb) {
+  for (char c : text) {
+    if (const Glyph* g = FindGlyph(c)) {
+      for (int row = 0; row < 7; ++row) {
+        for (int col = 0; col < 5; ++col) {
+          if (g->rows[row] & (0x10 >> col)) Set(x + col, y + row, rgb);
+        }
+      }
+    }
+    x += kGlyphAdvance;
+  }
+}
+
+RgbImage DrawLineChart(const std::vector<double>& xs, const std::vector<double>& ys,
+                       std::string_view x_label, std::string_view y_label, int width,
                        int height) {
   RgbImage img(width, height);
-  const int left = 40, right = width - 15, top = 15, bottom = height - 30;
+  const int left = 56, right = width - 15, top = 20, bottom = height - 34;
   double x_min = std::numeric_limits<double>::infinity(), x_max = -x_min;
   double y_min = x_min, y_max = -x_min;
   const size_t n = std::min(xs.size(), ys.size());
@@ -154,14 +216,21 @@ RgbImage DrawLineChart(const std::vector<double>& xs, const std::vector<double>&
   };
   const uint32_t grid = 0xE0E0E0, axis = 0x404040, curve = 0x1F5FBF;
   const double xs_step = NiceStep(x_max - x_min, 8), ys_step = NiceStep(y_max - y_min, 6);
+  const uint32_t ink = 0x202020;
   for (double x = std::ceil(x_min / xs_step) * xs_step; x <= x_max; x += xs_step) {
     img.Line(px(x), top, px(x), bottom, grid);
     img.Line(px(x), bottom, px(x), bottom + 4, axis);  // tick
+    const std::string t = TickText(x, xs_step);
+    img.Text(px(x) - static_cast<int>(t.size()) * kGlyphAdvance / 2, bottom + 7, t, ink);
   }
   for (double y = std::ceil(y_min / ys_step) * ys_step; y <= y_max; y += ys_step) {
     img.Line(left, py(y), right, py(y), grid);
     img.Line(left - 4, py(y), left, py(y), axis);
+    const std::string t = TickText(y, ys_step);
+    img.Text(left - 7 - static_cast<int>(t.size()) * kGlyphAdvance, py(y) - 3, t, ink);
   }
+  img.Text(right - static_cast<int>(x_label.size()) * kGlyphAdvance, bottom + 20, x_label, ink);
+  img.Text(left - 20, top - 13, y_label, ink);
   img.Line(left, top, left, bottom, axis);
   img.Line(left, bottom, right, bottom, axis);
   bool have_prev = false;
@@ -183,8 +252,9 @@ RgbImage DrawLineChart(const std::vector<double>& xs, const std::vector<double>&
 }
 
 absl::Status WriteLineChartPng(const std::string& path, const std::vector<double>& xs,
-                               const std::vector<double>& ys) {
-  absl::StatusOr<std::string> png = EncodePng(DrawLineChart(xs, ys));
+                               const std::vector<double>& ys, std::string_view x_label,
+                               std::string_view y_label) {
+  absl::StatusOr<std::string> png = EncodePng(DrawLineChart(xs, ys, x_label, y_label));
   if (!png.ok()) return png.status();
   const std::string tmp = path + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -20,6 +21,10 @@ struct RgbImage {
   uint32_t Get(int x, int y) const;
   // A line of thickness 1 (Bresenham); `thick` also fills the pixel below.
   void Line(int x0, int y0, int x1, int y1, uint32_t rgb, bool thick = false);
+  // `text` in a built-in 5x7 pixel font, top-left corner at (x, y), 6 pixels
+  // per character. Knows digits, '.', '-', '+' and the lowercase letters of
+  // axis labels and numbers (a e g k l n o p r s t); others are blank.
+  void Text(int x, int y, std::string_view text, uint32_t rgb);
 
   int width;
   int height;
@@ -30,14 +35,16 @@ struct RgbImage {
 absl::StatusOr<std::string> EncodePng(const RgbImage& image);
 
 // A line chart of `ys` over `xs` (same length, at least one point): axes,
-// light grid lines at the "nice" ticks, the curve in blue. No text: the
-// numbers are in the metrics CSV next to the picture.
+// light grid lines at the "nice" ticks with their values, the axis names,
+// the curve in blue.
 RgbImage DrawLineChart(const std::vector<double>& xs, const std::vector<double>& ys,
+                       std::string_view x_label = "step", std::string_view y_label = "loss",
                        int width = 640, int height = 400);
 
 // DrawLineChart + EncodePng, written to `path` (replaced atomically).
 absl::Status WriteLineChartPng(const std::string& path, const std::vector<double>& xs,
-                               const std::vector<double>& ys);
+                               const std::vector<double>& ys, std::string_view x_label = "step",
+                               std::string_view y_label = "loss");
 
 }  // namespace fabric::trainers
 

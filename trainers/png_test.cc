@@ -40,15 +40,35 @@ TEST(Png, EmptyImageIsAnError) {
   EXPECT_FALSE(fabric::trainers::EncodePng(img).ok());
 }
 
-TEST(Png, LineChartDrawsCurveAndAxes) {
-  const fabric::trainers::RgbImage img =
-      fabric::trainers::DrawLineChart({1, 2, 3, 4}, {10, 8, 7, 6.5}, 200, 100);
-  int curve = 0;
-  for (int y = 0; y < img.height; ++y) {
-    for (int x = 0; x < img.width; ++x) curve += img.Get(x, y) == 0x1F5FBF;
+TEST(Png, TextDrawsGlyphs) {
+  fabric::trainers::RgbImage img(40, 10);
+  img.Text(1, 1, "0?l", 0x202020);
+  EXPECT_EQ(img.Get(1, 2), 0x202020u);    // '0': left edge of its second row
+  EXPECT_EQ(img.Get(2, 1), 0x202020u);    // '0': top row starts one pixel in
+  EXPECT_EQ(img.Get(1, 1), 0xFFFFFFu);    // ... so its corner stays blank
+  for (int y = 0; y < 10; ++y) {
+    for (int x = 7; x < 13; ++x) EXPECT_EQ(img.Get(x, y), 0xFFFFFFu) << x << "," << y;  // '?'
   }
-  EXPECT_GT(curve, 100);                // the line spans the plot
-  EXPECT_EQ(img.Get(40, 50), 0x404040u);  // the y axis
+  EXPECT_EQ(img.Get(13 + 2, 1 + 3), 0x202020u);  // 'l': its stem
+}
+
+TEST(Png, LineChartDrawsCurveAxesAndLabels) {
+  const fabric::trainers::RgbImage img =
+      fabric::trainers::DrawLineChart({1, 2, 3, 4}, {10, 8, 7, 6.5}, "step", "loss", 320, 200);
+  int curve = 0, ink_left = 0, ink_below = 0;
+  for (int y = 0; y < img.height; ++y) {
+    for (int x = 0; x < img.width; ++x) {
+      curve += img.Get(x, y) == 0x1F5FBF;
+      if (img.Get(x, y) == 0x202020) {
+        ink_left += x < 50;          // y tick values and the y axis name
+        ink_below += y > 200 - 34;   // x tick values and the x axis name
+      }
+    }
+  }
+  EXPECT_GT(curve, 100);                  // the line spans the plot
+  EXPECT_EQ(img.Get(56, 100), 0x404040u);  // the y axis
+  EXPECT_GT(ink_left, 50);
+  EXPECT_GT(ink_below, 50);
   // The first point (highest loss) is near the top left, the last lower right.
   const std::string path = Tmp("chart.png");
   ASSERT_TRUE(fabric::trainers::WriteLineChartPng(path, {1, 2, 3}, {3, 2, 1}).ok());
