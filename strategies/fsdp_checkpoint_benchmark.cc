@@ -6,9 +6,11 @@
 // AdamW; the checkpoint (parameters + exp_avg + exp_avg_sq) is about
 // 12 * P bytes (2.06 GiB with the defaults). Prints per rank: peak resident
 // memory (VmHWM, reset between phases through /proc/self/clear_refs) against
-// 16 * P / N (parameters, gradients and Adam state of a 1/N shard); sharded
-// save and load (every rank its part), full save (rank 0 streams, one
-// parameter gathered at a time); the disk's raw O_DIRECT bandwidth; and
+// 16 * P / N (parameters, gradients and Adam state of a 1/N shard); --repeat
+// sharded saves (every rank its part), each against raw O_DIRECT writes of the
+// same bytes around it; a sharded load; a full save (rank 0 streams, one
+// parameter gathered at a time); --repeat resharding loads (2 ranks -> one
+// process), each against raw O_DIRECT reads of the same files around it; and
 // Python's dcp.save / dcp.load of the same state with FSDP2.
 
 #include <fcntl.h>
