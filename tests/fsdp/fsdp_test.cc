@@ -8,9 +8,11 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -19,8 +21,11 @@
 #include <torch/optim/sgd.h>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "checkpoint/optimizer_state.h"
 #include "strategies/cluster_environment.h"
 #include "strategies/fsdp.h"
+#include "strategies/fsdp_checkpoint.h"
 #include "strategies/process_group.h"
 #include "tests/fsdp/fsdp_test_util.h"
 
@@ -78,6 +83,72 @@ struct Case {
   int micro = 1;
   bool call_units = true;  // run the blocks through fsdp->Call
 };
+
+// The optimizer's state in FSDP's three forms. Full matches the optimizer of
+// single-process training by parameter name; sharded is this rank's rows of
+// full; local is the optimizer's own. Each form, loaded into a new optimizer
+// over the same shards, gives back the same state bit for bit.
+absl::Status CheckOptimizerForms(FullyShardedDataParallel& fsdp, torch::optim::Optimizer& opt,
+                                 Net& ref, const torch::optim::Optimizer& ref_opt,
+                                 const std::function<std::unique_ptr<torch::optim::Optimizer>()>&
+                                     make_opt,
+                                 bool bf16, const std::string& what) {
+  using strategies::OptimStateForm;
+  FABRIC_ASSIGN_OR_RETURN(Dict full, strategies::FsdpOptimizerStateDict(fsdp, opt, OptimStateForm::kFull));
+  FABRIC_ASSIGN_OR_RETURN(Dict sharded,
+                          strategies::FsdpOptimizerStateDict(fsdp, opt, OptimStateForm::kSharded));
+  FABRIC_ASSIGN_OR_RETURN(Dict local, strategies::FsdpOptimizerStateDict(fsdp, opt, OptimStateForm::kLocal));
+  FABRIC_ASSIGN_OR_RETURN(Dict reference, OptimizerStateDict(ref_opt));
+  std::vector<std::string> names;
+  for (const auto& item : ref.named_parameters()) names.push_back(item.key());
+  for (const auto& [id, entry] : reference.Find("state")->as_dict()) {
+    const std::string& name = names.at(id.as_int());
+    const Value* got = full.Find("state")->as_dict().Find(name);
+    CHECK_OK(Check(got != nullptr, what + "full optimizer state lacks " + name));
+    for (const auto& [k, v] : entry.as_dict()) {
+      const std::string where = absl::StrCat(what, "full optimizer state ", name, ".", k.as_string());
+      const at::Tensor& g = got->as_dict().Find(k)->as_tensor();
+      if (bf16) {
+        CHECK_OK(ExpectClose(g, v.as_tensor(), 0.05, 0.03, where));
+      } else {
+        CHECK_OK(ExpectClose(g, v.as_tensor(), 1e-4, 1e-5, where));
+      }
+    }
+  }
+  for (const auto& p : fsdp.params()) {
+    const Value* f = full.Find("state")->as_dict().Find(p.fqn);
+    const Value* sh = sharded.Find("state")->as_dict().Find(p.fqn);
+    if (f == nullptr || p.shape.empty()) continue;
+    CHECK_OK(Check(sh != nullptr, what + "sharded optimizer state lacks " + p.fqn));
+    for (const auto& [k, v] : f->as_dict()) {
+      if (k.as_string() == "step") continue;
+      CHECK_OK(Check(at::equal(sh->as_dict().Find(k)->as_tensor(),
+                               v.as_tensor().narrow(0, p.row_offset, p.local_rows)),
+                     what + "sharded state is not this rank's rows of the full one: " + p.fqn));
+    }
+  }
+  const std::tuple<OptimStateForm, const Dict*, const char*> forms[] = {
+      {OptimStateForm::kFull, &full, "full"},
+      {OptimStateForm::kSharded, &sharded, "sharded"},
+      {OptimStateForm::kLocal, &local, "local"}};
+  for (const auto& [form, dict, form_name] : forms) {
+    std::unique_ptr<torch::optim::Optimizer> fresh = make_opt();
+    CHECK_OK(strategies::FsdpLoadOptimizerStateDict(fsdp, *fresh, *dict, form));
+    FABRIC_ASSIGN_OR_RETURN(Dict again,
+                            strategies::FsdpOptimizerStateDict(fsdp, *fresh, OptimStateForm::kSharded));
+    CHECK_OK(Check(Value(again) == Value(sharded),
+                   absl::StrCat(what, "the ", form_name,
+                                " optimizer state does not load back unchanged")));
+  }
+  // A name the model does not have is an error naming it.
+  Dict bad = sharded;
+  bad.Find("state")->as_dict().Set("no.such.param", Value(Dict()));
+  absl::Status s = strategies::FsdpLoadOptimizerStateDict(fsdp, *make_opt(), bad,
+                                                         OptimStateForm::kSharded);
+  CHECK_OK(Check(!s.ok() && s.message().find("no.such.param") != std::string::npos,
+                 what + "unknown parameter name: " + s.ToString()));
+  return absl::OkStatus();
+}
 
 absl::Status CheckTraining(const std::shared_ptr<DistributedContext>& ctx, const Case& c) {
   const int rank = ctx->rank(), world = ctx->world_size();
@@ -188,6 +259,17 @@ absl::Status CheckTraining(const std::shared_ptr<DistributedContext>& ctx, const
   }
   CHECK_OK(Check(!at::equal(full->at("inp.weight"), MakeNet(100)->inp->weight),
                  what + "training did not change the parameters"));
+  CHECK_OK(CheckOptimizerForms(
+      fsdp, *opt, *ref, *ref_opt,
+      [&]() -> std::unique_ptr<torch::optim::Optimizer> {
+        if (bf16) {
+          return std::make_unique<torch::optim::SGD>(fsdp.parameters(),
+                                                     torch::optim::SGDOptions(0.05).momentum(0.9));
+        }
+        return std::make_unique<torch::optim::AdamW>(fsdp.parameters(),
+                                                     torch::optim::AdamWOptions(1e-2));
+      },
+      bf16, what));
   if (rank == 0) std::cerr << what << "max |FSDP - single process| = " << max_diff << "\n";
   return ctx->Barrier();
 }
