@@ -80,10 +80,15 @@ class BackgroundUnlinker {
   void Unlink(std::string path) {
     absl::MutexLock lock(&mu_);
     queue_.push_back(std::move(path));
-    if (!started_) {
-      started_ = true;
+    // A child forked after the thread started has no thread: start its own.
+    if (thread_pid_ != getpid()) {
+      thread_pid_ = getpid();
+      busy_ = 0;
       std::thread([this] { Loop(); }).detach();
-      std::atexit([] { Get().Drain(); });
+      if (!exit_hook_) {
+        exit_hook_ = true;
+        std::atexit([] { Get().Drain(); });
+      }
     }
   }
 
@@ -106,6 +111,7 @@ class BackgroundUnlinker {
   }
   void Drain() {
     absl::MutexLock lock(&mu_);
+    if (thread_pid_ != getpid()) return;  // a forked child that never unlinked
     mu_.Await(absl::Condition(
         +[](BackgroundUnlinker* u) ABSL_NO_THREAD_SAFETY_ANALYSIS {
           return u->queue_.empty() && u->busy_ == 0;
@@ -116,7 +122,8 @@ class BackgroundUnlinker {
   absl::Mutex mu_;
   std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
   int busy_ ABSL_GUARDED_BY(mu_) = 0;
-  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  pid_t thread_pid_ ABSL_GUARDED_BY(mu_) = 0;  // the process whose thread runs Loop
+  bool exit_hook_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // `.<base>.retired.<pid>.<hex>`: the second name an old file gets while it
@@ -429,7 +436,7 @@ absl::Status AtomicFileWriter::Commit() {
   std::string retired;
   struct stat old_file;
   if (s.ok() && stat(path_.c_str(), &old_file) == 0 &&
-      static_cast<uint64_t>(old_file.st_blocks) * 512 >= kRetireInBackgroundBytes) {
+      static_cast<uint64_t>(old_file.st_size) >= kRetireInBackgroundBytes) {
     retired = absl::StrCat(RetiredPrefix(path_), getpid(), ".",
                            absl::Hex(RandomSuffix(), absl::kZeroPad16));
     if (link(path_.c_str(), retired.c_str()) != 0) retired.clear();  // none, or no hard links
