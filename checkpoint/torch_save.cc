@@ -460,9 +460,13 @@ absl::Status TorchFile::ReadIntoMany(std::vector<TensorRead>& reads) const {
 
 absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Device& device) const {
   // Pass 1: every storage the tree references, checked, allocated on the CPU
-  // and read in one batch.
+  // (address space only until read) and read in one batch. For another device
+  // the batch goes in groups of about kDeviceCopyChunk bytes, each moved to the
+  // device before the next is read, so that host memory holds one group and
+  // not the whole checkpoint.
   std::unordered_map<std::string, at::Tensor> storages;  // key -> byte tensor
   std::vector<ReadRequest> batch;
+  std::vector<std::string> batch_keys;  // of `batch`
   std::function<absl::Status(const Value&)> collect = [&](const Value& v) -> absl::Status {
     if (v.is_tensor_ref()) {
       const TensorRef& ref = v.as_tensor_ref();
@@ -474,6 +478,7 @@ absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Devi
         if (nbytes > 0) {
           batch.push_back(ReadRequest{(*entry)->data_offset, bytes.data_ptr(),
                                       static_cast<size_t>(nbytes)});
+          batch_keys.push_back(ref.storage_key);
         }
         storages.emplace(ref.storage_key, std::move(bytes));
       }
@@ -489,9 +494,28 @@ absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Devi
     return absl::OkStatus();
   };
   if (absl::Status s = collect(value); !s.ok()) return s;
-  if (absl::Status s = file_->ReadBatch(std::move(batch)); !s.ok()) return s;
-  if (!device.is_cpu()) {
-    for (auto& [key, bytes] : storages) bytes = bytes.to(device);
+  if (device.is_cpu()) {
+    if (absl::Status s = file_->ReadBatch(std::move(batch)); !s.ok()) return s;
+  } else {
+    for (size_t first = 0; first < batch.size();) {
+      size_t last = first;
+      uint64_t group_bytes = 0;
+      while (last < batch.size() &&
+             (last == first || group_bytes + batch[last].n <= kDeviceCopyChunk)) {
+        group_bytes += batch[last++].n;
+      }
+      if (absl::Status s = file_->ReadBatch({batch.begin() + first, batch.begin() + last}); !s.ok()) {
+        return s;
+      }
+      for (size_t i = first; i < last; ++i) {
+        at::Tensor& bytes = storages.at(batch_keys[i]);
+        bytes = bytes.to(device);  // frees the host copy
+      }
+      first = last;
+    }
+    for (auto& [key, bytes] : storages) {
+      if (bytes.device().is_cpu()) bytes = bytes.to(device);  // empty storages
+    }
   }
 
   // Pass 2: the tree with each ref replaced by a view of its storage.

@@ -107,6 +107,31 @@ TEST(TorchSave, ReadIntoManyMixesDirectAndConvertedReads) {
   EXPECT_NE(s.message().find("[92]"), std::string::npos) << s;
 }
 
+// map_location to another device: storages are read in groups and moved one
+// group at a time (the meta device stands in for a GPU here).
+TEST(TorchSave, MaterializeOnAnotherDevice) {
+  Dict d;
+  at::Tensor big = at::randn({40 << 20});  // 160 MiB: more than one group
+  d.Set("big", big);
+  d.Set("view", big.narrow(0, 5, 10));     // shares big's storage
+  for (int i = 0; i < 20; ++i) d.Set(absl::StrCat("t", i), at::randn({1000 + i}));
+  d.Set("empty", at::zeros({0}));
+  const std::string path = TmpPath("device.pt");
+  ASSERT_TRUE(TorchSave(path, Value(d)).ok());
+  auto file = TorchFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  absl::StatusOr<Value> m = (*file)->Materialize((*file)->root(), c10::Device("meta"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  for (const auto& [k, v] : m->as_dict()) {
+    const at::Tensor& t = v.as_tensor();
+    EXPECT_TRUE(t.device().is_meta()) << k.as_string();
+    EXPECT_EQ(t.sizes(), d.Find(k.as_string())->as_tensor().sizes()) << k.as_string();
+  }
+  EXPECT_TRUE(m->as_dict().Find("view")->as_tensor().storage().is_alias_of(
+      m->as_dict().Find("big")->as_tensor().storage()));
+  EXPECT_EQ(m->as_dict().Find("view")->as_tensor().storage_offset(), 5);
+}
+
 TEST(TorchSave, FailedSaveKeepsPreviousFile) {
   const std::string path = TmpPath("keep.pt");
   ASSERT_TRUE(TorchSave(path, Value(Dict{{"v", at::ones({4})}})).ok());
