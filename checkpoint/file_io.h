@@ -5,9 +5,10 @@
 // in the destination directory, which Commit() syncs and renames over the
 // destination. A crash, an error or a missing Commit() leaves any old file at
 // the destination untouched. With direct I/O (the default) the data bypasses
-// the page cache: a background thread writes one aligned buffer while the
-// caller fills the next, so a multi-GiB checkpoint neither evicts the page
-// cache nor waits for a giant fsync at the end.
+// the page cache: background threads write aligned buffers (two at once)
+// while the caller fills the next, so a multi-GiB checkpoint neither evicts
+// the page cache nor waits for a giant fsync at the end. A big file being
+// replaced is freed on a background thread (see Commit).
 #ifndef FABRIC_CHECKPOINT_FILE_IO_H_
 #define FABRIC_CHECKPOINT_FILE_IO_H_
 
@@ -70,6 +71,9 @@ class AtomicFileWriter : public ByteSink {
 
   // Flushes, syncs the data, renames the temp file over `path` and syncs the
   // directory. On failure the temp file is removed and `path` is unchanged.
+  // An old file of 64 MiB or more at `path` first gets a second name,
+  // `.<name>.retired.<pid>.<hex>`, that a background thread unlinks after the
+  // rename (freeing a big file's blocks can take long, e.g. with `discard`).
   absl::Status Commit();
   // Discards everything written; removes the temp file. Idempotent.
   void Abort();
@@ -115,7 +119,7 @@ class AtomicFileWriter : public ByteSink {
   uint64_t file_offset_ = 0; // file offset of the current buffer's start
   uint64_t writeback_from_ = 0;  // buffered mode: writeback started below this
 
-  // Shared with the writer thread.
+  // Shared with the writer threads.
   absl::Mutex mu_;
   std::deque<int> free_ ABSL_GUARDED_BY(mu_);
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
