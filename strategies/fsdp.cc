@@ -33,6 +33,11 @@ std::vector<int64_t> FsdpParamInfo::ChunkOffsets() const {
   return offsets;
 }
 
+at::Tensor FsdpParamInfo::LocalRows(const at::Tensor& full) const {
+  if (shape.empty()) return owns_data() ? full : full.reshape({1}).narrow(0, 0, 0);
+  return full.narrow(0, row_offset, local_rows);
+}
+
 std::vector<int64_t> FsdpParamInfo::ChunkSizes() const {
   std::vector<int64_t> sizes = shape;
   if (!sizes.empty()) sizes[0] = local_rows;
@@ -467,11 +472,7 @@ absl::StatusOr<std::unique_ptr<FullyShardedDataParallel>> FullyShardedDataParall
         if (info.shape.empty() && info.local_rows == 0) shard_sizes = {0};
         at::Tensor shard = OnStorage(unit.flat_shard.storage(), unit.dtype,
                                      state->shard_offsets[index], shard_sizes);
-        if (info.local_rows > 0) {
-          at::Tensor src = p.detach();
-          if (!info.shape.empty()) src = src.narrow(0, info.row_offset, info.local_rows);
-          shard.copy_(src);
-        }
+        if (info.local_rows > 0) shard.copy_(info.LocalRows(p.detach()));
         shard.set_requires_grad(info.requires_grad);
         info.shard = shard;
         state->shard_index[shard.unsafeGetTensorImpl()] = index;

@@ -123,6 +123,9 @@ struct FsdpParamInfo {
   std::vector<int64_t> ChunkOffsets() const;
   std::vector<int64_t> ChunkSizes() const;
   bool owns_data() const { return local_rows > 0; }
+  // This rank's part of `full`, a tensor shaped like the whole parameter (a
+  // parameter, an optimizer state), shaped like `shard`.
+  at::Tensor LocalRows(const at::Tensor& full) const;
 };
 
 class FullyShardedDataParallel {

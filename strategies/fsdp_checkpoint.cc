@@ -886,19 +886,12 @@ absl::StatusOr<Dict> LoadSharded(const std::string& dir, FsdpState& state, int r
           slot.Set(name, Value(std::move(t)));
           continue;
         }
-        if (info == nullptr) {
-          // A plain parameter's state: the whole tensor, read later into
-          // the optimizer's buffer like a shard.
-          const std::vector<int64_t> whole = key.size;
-          slot.Set(name, load->Deferred(key.dtype, whole, [rd, fqn, whole](at::Tensor& dst) {
-            return rd->ReadRegion(fqn, std::vector<int64_t>(whole.size(), 0), whole, dst);
-          }));
-          continue;
-        }
-        std::vector<int64_t> sizes = info->ChunkSizes();
-        if (info->shape.empty() && !info->owns_data()) sizes = {0};
-        const bool owns = info->owns_data();
-        std::vector<int64_t> offsets = info->ChunkOffsets();
+        // Read after every check, into the optimizer's buffer: this rank's
+        // rows of a sharded parameter's state, all of a plain one's.
+        const bool owns = info == nullptr || info->owns_data();
+        const std::vector<int64_t> sizes = info != nullptr ? info->shard.sizes().vec() : key.size;
+        const std::vector<int64_t> offsets =
+            info != nullptr ? info->ChunkOffsets() : std::vector<int64_t>(key.size.size(), 0);
         slot.Set(name, load->Deferred(key.dtype, sizes,
                                       [rd, fqn, offsets, sizes, owns](at::Tensor& dst) {
                                         if (!owns) return absl::OkStatus();
@@ -1134,15 +1127,16 @@ absl::StatusOr<Dict> LoadFull(const std::string& path, FsdpState& state,
                                                           Shape(param_shape)));
             continue;
           }
-          if (info == nullptr || name == "step") {
+          if (name == "step" || (info == nullptr && param_shape.empty())) {
             FABRIC_ASSIGN_OR_RETURN(at::Tensor t, MaterializeValue(v, source, key));
             slot.Set(n, Value(std::move(t)));
             continue;
           }
-          std::vector<int64_t> sizes = info->ChunkSizes();
-          if (info->shape.empty() && !info->owns_data()) sizes = {0};
-          const bool owns = info->owns_data();
-          const int64_t row0 = info->row_offset;
+          // Read after every check, into the optimizer's buffer: this rank's
+          // rows of a sharded parameter's state, all of a plain one's.
+          const bool owns = info == nullptr || info->owns_data();
+          const std::vector<int64_t> sizes = info != nullptr ? info->shard.sizes().vec() : param_shape;
+          const int64_t row0 = info != nullptr ? info->row_offset : 0;
           Value saved_copy = v;
           slot.Set(n, load->Deferred(ValueTensorDtype(v), sizes,
                                      [f, saved_copy, row0, key, owns](at::Tensor& dst) {
@@ -1307,11 +1301,7 @@ absl::Status FsdpLoadOptimizerStateDict(FullyShardedDataParallel& fsdp,
       if (form == OptimStateForm::kFull && info != nullptr && v.is_tensor() &&
           n.is_string() && n.as_string() != "step" &&
           v.as_tensor().sizes() == c10::IntArrayRef(info->shape)) {
-        const at::Tensor& t = v.as_tensor();
-        at::Tensor rows = info->shape.empty()
-                              ? (info->owns_data() ? t : t.reshape({1}).narrow(0, 0, 0))
-                              : t.narrow(0, info->row_offset, info->local_rows);
-        per.Set(n, Value(rows));
+        per.Set(n, Value(info->LocalRows(v.as_tensor())));
       } else {
         per.Set(n, v);
       }

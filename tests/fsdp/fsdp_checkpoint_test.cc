@@ -110,16 +110,12 @@ absl::Status CheckLoaded(const FsdpState& state, const Dict& remaining,
     const auto& params = fsdp->params();
     for (size_t i = 0; i < params.size(); ++i) {
       const auto& p = params[i];
-      auto rows = [&](const at::Tensor& full) {
-        return p.shape.empty() ? (p.owns_data() ? full : full.reshape({1}).narrow(0, 0, 0))
-                               : full.narrow(0, p.row_offset, p.local_rows);
-      };
-      CHECK_OK(ExpectBits(p.shard.detach(), rows(ref.Find("p." + p.fqn)->as_tensor()),
+      CHECK_OK(ExpectBits(p.shard.detach(), p.LocalRows(ref.Find("p." + p.fqn)->as_tensor()),
                           what + p.fqn));
       ASSIGN_OR_RETURN_STATUS(st, ParamState(opt, static_cast<int>(i)));
       for (const char* name : {"exp_avg", "exp_avg_sq"}) {
         CHECK_OK(ExpectBits(st.Find(name)->as_tensor(),
-                            rows(ref.Find(absl::StrCat(name, ".", p.fqn))->as_tensor()),
+                            p.LocalRows(ref.Find(absl::StrCat(name, ".", p.fqn))->as_tensor()),
                             absl::StrCat(what, name, ".", p.fqn)));
       }
       CHECK_OK(ExpectBits(st.Find("step")->as_tensor(), ref.Find("step." + p.fqn)->as_tensor(),

@@ -85,16 +85,12 @@ absl::Status LoadPython(const strategies::ClusterEnvironment& c) {
   const auto& params = fsdp->params();
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
-    auto rows = [&](const at::Tensor& full) {
-      return p.shape.empty() ? (p.owns_data() ? full : full.reshape({1}).narrow(0, 0, 0))
-                             : full.narrow(0, p.row_offset, p.local_rows);
-    };
-    CHECK_OK(Same(p.shard.detach(), rows(ref.Find("p." + p.fqn)->as_tensor()), what + p.fqn));
+    CHECK_OK(Same(p.shard.detach(), p.LocalRows(ref.Find("p." + p.fqn)->as_tensor()), what + p.fqn));
     auto st = ParamState(opt, static_cast<int>(i));
     if (!st.ok()) return st.status();
     for (const char* name : {"exp_avg", "exp_avg_sq"}) {
       CHECK_OK(Same(st->Find(name)->as_tensor(),
-                    rows(ref.Find(absl::StrCat(name, ".", p.fqn))->as_tensor()),
+                    p.LocalRows(ref.Find(absl::StrCat(name, ".", p.fqn))->as_tensor()),
                     absl::StrCat(what, name, ".", p.fqn)));
     }
     CHECK_OK(Same(st->Find("step")->as_tensor(), ref.Find("step." + p.fqn)->as_tensor(),

@@ -118,12 +118,12 @@ absl::Status CheckOptimizerForms(FullyShardedDataParallel& fsdp, torch::optim::O
   for (const auto& p : fsdp.params()) {
     const Value* f = full.Find("state")->as_dict().Find(p.fqn);
     const Value* sh = sharded.Find("state")->as_dict().Find(p.fqn);
-    if (f == nullptr || p.shape.empty()) continue;
+    if (f == nullptr) continue;
     CHECK_OK(Check(sh != nullptr, what + "sharded optimizer state lacks " + p.fqn));
     for (const auto& [k, v] : f->as_dict()) {
       if (k.as_string() == "step") continue;
       CHECK_OK(Check(at::equal(sh->as_dict().Find(k)->as_tensor(),
-                               v.as_tensor().narrow(0, p.row_offset, p.local_rows)),
+                               p.LocalRows(v.as_tensor())),
                      what + "sharded state is not this rank's rows of the full one: " + p.fqn));
     }
   }
