@@ -36,31 +36,27 @@
 
 namespace fabric::strategies {
 
-FsdpState& FsdpState::Model(std::string key, FullyShardedDataParallel& fsdp) {
-  Entry e;
+FsdpState::Entry& FsdpState::Add(std::string key, Kind kind) {
+  Entry& e = entries_.emplace_back();
   e.key = std::move(key);
-  e.kind = Kind::kShardedModel;
+  e.kind = kind;
+  return e;
+}
+
+FsdpState& FsdpState::Model(std::string key, FullyShardedDataParallel& fsdp) {
+  Entry& e = Add(std::move(key), Kind::kShardedModel);
   e.fsdp = &fsdp;
   e.module = &fsdp.module();
-  entries_.push_back(std::move(e));
   return *this;
 }
 
 FsdpState& FsdpState::Model(std::string key, torch::nn::Module& module) {
-  Entry e;
-  e.key = std::move(key);
-  e.kind = Kind::kModel;
-  e.module = &module;
-  entries_.push_back(std::move(e));
+  Add(std::move(key), Kind::kModel).module = &module;
   return *this;
 }
 
 FsdpState& FsdpState::Optimizer(std::string key, torch::optim::Optimizer& optimizer) {
-  Entry e;
-  e.key = std::move(key);
-  e.kind = Kind::kOptimizer;
-  e.optimizer = &optimizer;
-  entries_.push_back(std::move(e));
+  Add(std::move(key), Kind::kOptimizer).optimizer = &optimizer;
   return *this;
 }
 
@@ -71,11 +67,7 @@ FsdpState& FsdpState::Set(std::string key, Value value) {
       return *this;
     }
   }
-  Entry e;
-  e.key = std::move(key);
-  e.kind = Kind::kValue;
-  e.value = std::move(value);
-  entries_.push_back(std::move(e));
+  Add(std::move(key), Kind::kValue).value = std::move(value);
   return *this;
 }
 

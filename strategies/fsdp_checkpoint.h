@@ -75,6 +75,8 @@ class FsdpState {
   const Value* Find(std::string_view key) const;
 
  private:
+  Entry& Add(std::string key, Kind kind);
+
   std::vector<Entry> entries_;
 };
 

@@ -26,6 +26,7 @@
 #include "strategies/launcher.h"
 #include "strategies/process_group.h"
 #include "tests/distributed/test_util.h"
+#include "tests/distributed/rank_main.h"
 
 namespace fabric::testing {
 namespace {
@@ -257,21 +258,8 @@ TEST(DdpSingleProcess, WorldOfOneIsPlainTraining) {
 
 }  // namespace
 
-int ChildMain() {
-  absl::StatusOr<ClusterEnvironment> c = strategies::DetectClusterEnvironment();
-  if (!c.ok()) {
-    std::cerr << c.status() << "\n";
-    return 2;
-  }
-  absl::Status s = RunRank(*c);
-  if (!s.ok()) std::cerr << "rank " << c->rank << " failed: " << s << "\n";
-  return s.ok() ? 0 : 1;
-}
-
 }  // namespace fabric::testing
 
 int main(int argc, char** argv) {
-  if (getenv("RANK") != nullptr) return fabric::testing::ChildMain();
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
+  return fabric::testing::MultiProcessTestMain(argc, argv, fabric::testing::RunRank);
 }

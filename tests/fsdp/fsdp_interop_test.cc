@@ -25,6 +25,7 @@
 #include "strategies/fsdp.h"
 #include "strategies/fsdp_checkpoint.h"
 #include "tests/fsdp/fsdp_test_util.h"
+#include "tests/distributed/rank_main.h"
 
 namespace fabric::testing {
 namespace {
@@ -151,21 +152,10 @@ TEST(FsdpInterop, PythonCheckpointLoadsOnOneTwoThreeRanks) {
 
 }  // namespace
 
-int ChildMain() {
-  absl::StatusOr<strategies::ClusterEnvironment> c = strategies::DetectClusterEnvironment();
-  if (!c.ok()) {
-    std::cerr << c.status() << "\n";
-    return 2;
-  }
-  absl::Status s = Dispatch(*c);
-  if (!s.ok()) std::cerr << "rank " << c->rank << " failed: " << s << "\n";
-  return s.ok() ? 0 : 1;
-}
-
 }  // namespace fabric::testing
 
 int main(int argc, char** argv) {
-  if (getenv("RANK") != nullptr) return fabric::testing::ChildMain();
+  if (getenv("RANK") != nullptr) return fabric::testing::RankMain(fabric::testing::Dispatch);
   ::testing::InitGoogleTest(&argc, argv);
   if (argc >= 3) {
     fabric::testing::g_python = argv[1];

@@ -28,6 +28,7 @@
 #include "strategies/fsdp_checkpoint.h"
 #include "strategies/process_group.h"
 #include "tests/fsdp/fsdp_test_util.h"
+#include "tests/distributed/rank_main.h"
 
 namespace fabric::testing {
 namespace {
@@ -343,21 +344,8 @@ TEST(FsdpSingleProcess, CallRejectsModulesThatAreNotUnits) {
 
 }  // namespace
 
-int ChildMain() {
-  absl::StatusOr<strategies::ClusterEnvironment> c = strategies::DetectClusterEnvironment();
-  if (!c.ok()) {
-    std::cerr << c.status() << "\n";
-    return 2;
-  }
-  absl::Status s = RunRank(*c);
-  if (!s.ok()) std::cerr << "rank " << c->rank << " failed: " << s << "\n";
-  return s.ok() ? 0 : 1;
-}
-
 }  // namespace fabric::testing
 
 int main(int argc, char** argv) {
-  if (getenv("RANK") != nullptr) return fabric::testing::ChildMain();
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
+  return fabric::testing::MultiProcessTestMain(argc, argv, fabric::testing::RunRank);
 }
