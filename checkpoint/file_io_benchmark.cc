@@ -23,6 +23,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "checkpoint/disk_reference.h"
 #include "checkpoint/file_io.h"
 
 ABSL_FLAG(std::string, dir, "/tmp", "directory for the test file");
@@ -66,14 +67,6 @@ char* Aligned(size_t n) {
 void Report(const std::string& name, uint64_t bytes, double s) {
   std::printf("%-58s %7.2f GB/s  (%.2f s)\n", name.c_str(), bytes / s / 1e9, s);
   std::fflush(stdout);
-}
-
-void DropCache(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY);
-  Check(fd >= 0, "open " + path);
-  fdatasync(fd);
-  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  close(fd);
 }
 
 // The source data: a 1 GiB pattern written over and over from unaligned
@@ -153,7 +146,7 @@ void BenchReads(const std::string& path, uint64_t total) {
     }
   };
   {
-    DropCache(path);
+    DropPageCache(path);
     auto reader = FileReader::Open(path);
     Check(reader.status());
     const double s = Seconds([&] {
@@ -174,14 +167,14 @@ void BenchReads(const std::string& path, uint64_t total) {
     Report("warm FileReader::ReadAt, 1 GiB per call (page cache)", total, warm);
   }
   for (size_t chunk : {8 * kMiB, 64 * kMiB, 1024 * kMiB}) {
-    DropCache(path);
+    DropPageCache(path);
     const int fd = open(path.c_str(), O_RDONLY);
     const double s = Seconds([&] { read_all(fd, chunk); });
     close(fd);
     Report(absl::StrCat("cold pread, ", chunk / kMiB, " MiB per call"), total, s);
   }
   for (size_t chunk : {64 * kMiB, 1024 * kMiB}) {
-    DropCache(path);
+    DropPageCache(path);
     const int fd = open(path.c_str(), O_RDONLY);
     const double s = Seconds([&] {
       posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
@@ -192,7 +185,7 @@ void BenchReads(const std::string& path, uint64_t total) {
            s);
   }
   for (int threads : {2, 4}) {
-    DropCache(path);
+    DropPageCache(path);
     const int fd = open(path.c_str(), O_RDONLY);
     const size_t chunk = 16 * kMiB;
     const double s = Seconds([&] {
@@ -213,7 +206,7 @@ void BenchReads(const std::string& path, uint64_t total) {
     Report(absl::StrCat("cold pread, ", threads, " threads x 16 MiB chunks"), total, s);
   }
   {
-    DropCache(path);
+    DropPageCache(path);
     const int fd = open(path.c_str(), O_RDONLY | O_DIRECT);
     Check(fd >= 0, "open O_DIRECT");
     const size_t bounce_size = 16 * kMiB;
@@ -231,7 +224,7 @@ void BenchReads(const std::string& path, uint64_t total) {
     Report("cold O_DIRECT pread into 16 MiB bounce + memcpy", total, s);
   }
   {
-    DropCache(path);
+    DropPageCache(path);
     const int fd = open(path.c_str(), O_RDONLY | O_DIRECT);
     const double s = Seconds([&] {
       for (uint64_t done = 0; done < total;) {

@@ -12,7 +12,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -20,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "checkpoint/disk_reference.h"
 #include "checkpoint/torch_save.h"
 #include "checkpoint/value.h"
 
@@ -35,39 +35,6 @@ double Seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock
 void Settle() {
   sync();
   sleep(3);
-}
-
-void DropCache(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) return;
-  fdatasync(fd);
-  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  close(fd);
-}
-
-// dd-style: aligned 16 MiB blocks through O_DIRECT, then fsync. The block
-// holds random bytes, like the tensors: a virtual disk may store a repeated
-// pattern faster than data that does not compress.
-double RawDirectWriteGBs(const std::string& path, uint64_t bytes) {
-  constexpr size_t kBlock = 16 << 20;
-  void* buf = nullptr;
-  if (posix_memalign(&buf, 4096, kBlock) != 0) return 0;
-  std::mt19937_64 rng(42);
-  for (size_t i = 0; i < kBlock / 8; ++i) static_cast<uint64_t*>(buf)[i] = rng();
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT, 0644);
-  bool direct = fd >= 0;
-  if (!direct) fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  auto t0 = Clock::now();
-  for (uint64_t done = 0; done < bytes; done += kBlock) {
-    if (write(fd, buf, kBlock) != static_cast<ssize_t>(kBlock)) break;
-  }
-  fsync(fd);
-  const double s = Seconds(t0);
-  close(fd);
-  free(buf);
-  unlink(path.c_str());
-  if (!direct) std::printf("  (O_DIRECT unsupported here: raw figure is buffered)\n");
-  return bytes / s / 1e9;
 }
 
 // Counts what it is given and drops it: the save's CPU side alone (pickling,
@@ -174,7 +141,7 @@ int main(int argc, char** argv) {
       continue;
     }
     Settle();
-    DropCache(ours);
+    DropPageCache(ours);
     t0 = Clock::now();
     {
       auto loaded = TorchLoad(ours);
@@ -185,7 +152,7 @@ int main(int argc, char** argv) {
 
     // Loading into existing tensors (what restoring a model does).
     Settle();
-    DropCache(ours);
+    DropPageCache(ours);
     t0 = Clock::now();
     auto file = TorchFile::Open(ours);
     if (!file.ok()) return 1;
@@ -198,7 +165,7 @@ int main(int argc, char** argv) {
 
     if (!python.empty()) {
       Settle();
-      DropCache(ours);
+      DropPageCache(ours);
       const std::string out = dir + "/fabric_bench_py.json";
       const std::string cmd = absl::StrCat(python, " ", script, " ", ours, " ", theirs, " > ", out);
       double py_load = 0, py_save = 0;

@@ -25,7 +25,6 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -39,6 +38,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
+#include "checkpoint/disk_reference.h"
 #include "strategies/fsdp.h"
 #include "strategies/fsdp_checkpoint.h"
 #include "strategies/launcher.h"
@@ -91,48 +91,10 @@ struct Stack : torch::nn::Module {
   std::vector<torch::nn::Linear> linears;
 };
 
-// Evicts a folder's files from the page cache, so loads read the disk.
-void Evict(const std::string& dir) {
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    const int fd = ::open(entry.path().c_str(), O_RDONLY);
-    if (fd < 0) continue;
-    ::fdatasync(fd);
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    ::close(fd);
-  }
-}
-
 void Report(int rank, const std::string& what) {
   std::cout << absl::StrFormat("rank %d %-28s rss %6.2f GiB  peak %6.2f GiB\n", rank, what,
                                GiB(StatusField("VmRSS:")), GiB(StatusField("VmHWM:")))
             << std::flush;
-}
-
-// dd-style raw write: `total` bytes of random data in 16 MiB O_DIRECT blocks,
-// then fsync; GB/s. Random like the tensors: a virtual disk may store a
-// repeated pattern faster.
-double RawWriteGBs(const std::string& dir, size_t total) {
-  const std::string path = dir + "/raw.bin";
-  const size_t block = size_t{16} << 20;
-  void* buf = nullptr;
-  if (posix_memalign(&buf, 4096, block) != 0) return 0;
-  std::mt19937_64 rng(7);
-  for (size_t i = 0; i < block / 8; ++i) static_cast<uint64_t*>(buf)[i] = rng();
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT, 0644);
-  if (fd < 0) {
-    free(buf);
-    return 0;
-  }
-  auto t0 = Clock::now();
-  for (size_t done = 0; done < total; done += block) {
-    if (::write(fd, buf, block) != static_cast<ssize_t>(block)) break;
-  }
-  ::fsync(fd);
-  ::close(fd);
-  const double s = Seconds(t0);
-  ::unlink(path.c_str());
-  free(buf);
-  return total / s / 1e9;
 }
 
 // dd-style: every file of `dir` read with O_DIRECT in 16 MiB blocks, cold.
@@ -141,7 +103,7 @@ std::pair<double, double> RawReadFolder(const std::string& dir) {
   const size_t block = size_t{16} << 20;
   void* buf = nullptr;
   if (posix_memalign(&buf, 4096, block) != 0) return {0, 0};
-  Evict(dir);
+  DropPageCache(dir);
   double bytes = 0;
   auto t0 = Clock::now();
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
@@ -173,7 +135,7 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
     ::sync();
     const auto [read_bytes, raw_before] = RawReadFolder(dir);
     bytes = read_bytes;
-    Evict(dir);
+    DropPageCache(dir);
     ResetPeak();
     const int64_t before = StatusField("VmRSS:");
     auto t0 = Clock::now();
@@ -278,14 +240,14 @@ int Run() {
     if (rank == 0 && !sharded.empty()) std::filesystem::remove_all(sharded);  // outside the timing
     sharded = absl::StrCat(dir, "/cpp_sharded_", r);
     double raw = 0;
-    if (rank == 0) raw = RawWriteGBs(dir, ckpt_bytes) / 2;
+    if (rank == 0) raw = RawDirectWriteGBs(dir + "/raw.bin", ckpt_bytes) / 2;
     (void)ctx->Barrier();
     t0 = Clock::now();
     s = FsdpSaveCheckpoint(sharded, state, ctx.get());
     save_times.push_back(Seconds(t0));
     (void)ctx->Barrier();
     if (rank == 0) {
-      raw += RawWriteGBs(dir, ckpt_bytes) / 2;
+      raw += RawDirectWriteGBs(dir + "/raw.bin", ckpt_bytes) / 2;
       raw_writes.push_back(raw);
       ratios.push_back(static_cast<double>(ckpt_bytes) / save_times.back() / 1e9 / raw);
       std::cout << absl::StrFormat("sharded save %d: %.2f s, raw write %.2f GB/s: %.0f%% of raw\n",
@@ -299,7 +261,7 @@ int Run() {
   Report(rank, "sharded save");
   ::sync();
   (void)ctx->Barrier();
-  if (rank == 0) Evict(sharded);
+  if (rank == 0) DropPageCache(sharded);
   (void)ctx->Barrier();
   ResetPeak();
   t0 = Clock::now();
@@ -314,7 +276,7 @@ int Run() {
     FsdpCheckpointOptions lenient;
     lenient.strict = false;
     (void)ctx->Barrier();
-    if (rank == 0) Evict(sharded);
+    if (rank == 0) DropPageCache(sharded);
     (void)ctx->Barrier();
     auto t1 = Clock::now();
     auto r = FsdpLoadCheckpoint(sharded, model_only, ctx.get(), lenient);
