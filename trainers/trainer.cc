@@ -263,6 +263,17 @@ Dict Hparams(const TrainerOptions& o, const TransformerConfig& c, const WikiText
 }
 
 // A value of `d` as an int, or an error naming the checkpoint and key.
+// The plain values a checkpoint restores besides model and optimizer, with
+// placeholders that a load replaces.
+Dict CheckpointValues() {
+  Dict values;
+  values.Set("step", int64_t{0});
+  values.Set("loader", Value::MakeDict());
+  values.Set("rng_states", Value());
+  values.Set("hparams", Value::MakeDict());
+  return values;
+}
+
 absl::StatusOr<int64_t> IntEntry(const Dict& d, const std::string& key, const std::string& where) {
   const Value* v = d.Find(key);
   if (v == nullptr || !v->is_int()) {
@@ -438,11 +449,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
                                 "; starting from step 0"));
     } else {
       const std::string path = (*latest)->path;
-      Dict values;
-      values.Set("step", int64_t{0});
-      values.Set("loader", Value::MakeDict());
-      values.Set("rng_states", Value());
-      values.Set("hparams", Value::MakeDict());
+      Dict values = CheckpointValues();
       const double t0 = Now();
       FABRIC_RETURN_IF_ERROR(engine->Load(path, values));
       absl::StatusOr<int64_t> saved_step = IntEntry(values, "step", path);
@@ -594,11 +601,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   // --- Reload (benchmarks).
   double load_seconds = -1;
   if (o.time_load && !last_checkpoint.empty()) {
-    Dict values;
-    values.Set("step", int64_t{0});
-    values.Set("loader", Value::MakeDict());
-    values.Set("rng_states", Value());
-    values.Set("hparams", Value::MakeDict());
+    Dict values = CheckpointValues();
     const double t0 = Now();
     FABRIC_RETURN_IF_ERROR(engine->Load(last_checkpoint, values));
     FABRIC_RETURN_IF_ERROR(fabric.Barrier());
