@@ -15,7 +15,7 @@ RUN_EXAMPLE=1
 
 CACHE="${FABRIC_CACHE:-$HOME/.cache/fabric_cpp}"
 APT_PACKAGES=(bazel-bootstrap bazel-platforms bazel-rules-java libabsl-dev libgtest-dev libgmock-dev
-              libbenchmark-dev libgloo-dev libisal-dev)
+              libbenchmark-dev libgloo-dev libisal-dev nlohmann-json3-dev)
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # 1. Debian packages.

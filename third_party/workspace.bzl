@@ -17,7 +17,7 @@ def fabric_cpp_dependencies():
     cuda_configure(name = "local_cuda")
     wikitext2_configure(name = "wikitext2")
 
-    # Abseil, GoogleTest, Google Benchmark and ISA-L come from Debian's -dev
+    # Abseil, GoogleTest, Google Benchmark, ISA-L and nlohmann/json come from Debian's -dev
     # packages: headers in /usr/include, shared libraries on the default path.
     system_library_repository(
         name = "com_google_absl",
@@ -50,4 +50,10 @@ def fabric_cpp_dependencies():
         build_files = {"BUILD.bazel": "//third_party/isal:isal.BUILD"},
         probe_header = "isa-l/crc.h",
         package = "libisal-dev",
+    )
+    system_library_repository(
+        name = "nlohmann_json",
+        build_files = {"BUILD.bazel": "//third_party/json:json.BUILD"},
+        probe_header = "nlohmann/json.hpp",
+        package = "nlohmann-json3-dev",
     )
