@@ -24,10 +24,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "checkpoint/state_dict_flatten.h"
 #include "checkpoint/value.h"
 
-namespace fabric {
-namespace dcp {
+namespace fabric::dcp {
 
 // File names inside a checkpoint folder.
 inline constexpr char kMetadataFileName[] = ".metadata";
@@ -125,11 +125,6 @@ struct StorageMeta {
   }
 };
 
-// One element of a flattened key's path in the original nested state dict:
-// dict keys are strings (str(key)), list positions are ints.
-using PathItem = std::variant<std::string, int64_t>;
-using ObjectPath = std::vector<PathItem>;
-
 // metadata.Metadata. Maps keep the order they were written in.
 struct Metadata {
   std::vector<std::pair<std::string, StorageMetadata>> state_dict_metadata;
@@ -161,32 +156,6 @@ absl::StatusOr<Metadata> FromValue(const Value& value, const std::string& what);
 absl::StatusOr<std::string> SerializeMetadata(const Metadata& metadata);
 absl::StatusOr<Metadata> ParseMetadata(std::string_view bytes, const std::string& what);
 
-// flatten_state_dict's key for a path: its items joined by '.'.
-std::string FlattenedKey(const ObjectPath& path);
-
-// One leaf of a flattened state dict.
-struct FlatEntry {
-  std::string key;  // FlattenedKey(path)
-  ObjectPath path;
-  Value value;      // a tensor (a tensor item) or anything else (a bytes item)
-};
-
-// DCP's flatten_state_dict (torch 2.4+ traversal): dicts are walked with
-// str(key) path items; a list is walked with int items when it holds, at any
-// depth, a tensor or a dict; any other value (including tuples, and lists of
-// plain values) is a leaf. Empty dicts vanish, as in Python.
-// {"model": {"l.weight": t}, "optimizer": {"state": {0: {"exp_avg": t}},
-// "param_groups": [{"lr": 0.1, "params": [0]}]}} flattens to "model.l.weight",
-// "optimizer.state.0.exp_avg", "optimizer.param_groups.0.lr" and
-// "optimizer.param_groups.0.params". Errors on duplicate keys or too deep
-// nesting.
-absl::StatusOr<std::vector<FlatEntry>> FlattenStateDict(const Value& state_dict);
-
-// The inverse (DCP's set_element for every entry): string items create
-// dicts, int items lists (padded with None). Errors on paths that conflict.
-absl::StatusOr<Value> UnflattenStateDict(const std::vector<FlatEntry>& entries);
-
-}  // namespace dcp
-}  // namespace fabric
+}  // namespace fabric::dcp
 
 #endif  // FABRIC_CHECKPOINT_DCP_METADATA_H_

@@ -11,7 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
-#include "checkpoint/pickle.h"
+#include "checkpoint/pickle_writer.h"
 #include "checkpoint/value.h"
 
 namespace fabric {

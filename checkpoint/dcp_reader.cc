@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "checkpoint/torch_save.h"
 #include "checkpoint/zip_reader.h"
 
@@ -89,11 +90,11 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const s
   absl::StatusOr<std::shared_ptr<FileReader>> file = FileReader::Open(path);
   if (!file.ok()) return file.status();
   std::string bytes((*file)->size(), '\0');
-  if (absl::Status s = (*file)->ReadAt(0, bytes.data(), bytes.size()); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR((*file)->ReadAt(0, bytes.data(), bytes.size()));
   absl::StatusOr<Metadata> md = ParseMetadata(bytes, path);
   if (!md.ok()) return md.status();
   std::unique_ptr<CheckpointReader> reader(new CheckpointReader(dir, *std::move(md), options));
-  if (absl::Status s = reader->Index(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(reader->Index());
   return reader;
 }
 
@@ -296,7 +297,7 @@ absl::Status CheckpointReader::ReadOverlap(const std::string& fqn, const Chunk& 
         lo[0] += b;
         e[0] = n;
         at::Tensor part = view.narrow(0, b, n);
-        if (absl::Status s = ReadOverlap(fqn, chunk, lo, e, part); !s.ok()) return s;
+        FABRIC_RETURN_IF_ERROR(ReadOverlap(fqn, chunk, lo, e, part));
       }
       return absl::OkStatus();
     }
@@ -440,7 +441,7 @@ absl::Status CheckpointReader::ReadRegion(const std::string& fqn,
       src_lo[d] = o.lo[d] - c.offsets[d];
       view = view.narrow(static_cast<int64_t>(d), o.lo[d] - offsets[d], o.ext[d]);
     }
-    if (absl::Status s = ReadOverlap(fqn, **chunk, src_lo, o.ext, view); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(ReadOverlap(fqn, **chunk, src_lo, o.ext, view));
   }
   return absl::OkStatus();
 }
@@ -456,7 +457,7 @@ absl::StatusOr<at::Tensor> CheckpointReader::ReadTensor(const std::string& fqn,
   const TensorStorageMetadata* md = FindTensor(fqn);
   at::Tensor t;
   if (md) t = at::empty(md->size, at::TensorOptions().dtype(md->properties.dtype).device(device));
-  if (absl::Status s = ReadTensorInto(fqn, t); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(ReadTensorInto(fqn, t));
   return t;
 }
 

@@ -25,7 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "checkpoint/dcp_metadata.h"
-#include "checkpoint/file_io.h"
+#include "checkpoint/file_reader.h"
 #include "checkpoint/value.h"
 
 namespace fabric {

@@ -15,10 +15,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "checkpoint/byte_sink.h"
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/dcp_writer.h"
-#include "checkpoint/file_io.h"
 #include "checkpoint/torch_save.h"
 #include "checkpoint/value.h"
 

@@ -16,8 +16,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/file_io.h"
-#include "checkpoint/pickle.h"
+#include "base/status_macros.h"
+#include "checkpoint/atomic_file_writer.h"
+#include "checkpoint/byte_sink.h"
+#include "checkpoint/fs_util.h"
+#include "checkpoint/pickle_reader.h"
+#include "checkpoint/pickle_writer.h"
 #include "checkpoint/torch_save.h"
 
 namespace fabric {
@@ -101,7 +105,7 @@ absl::Status WriteOne(ByteSink& file, const WriteItem& item, const std::string& 
   absl::Status s;
   if (item.is_tensor()) {
     std::vector<int64_t> offsets, global;
-    if (s = CheckShard(item, &offsets, &global); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(CheckShard(item, &offsets, &global));
     if (!StorageClassName(item.tensor.scalar_type()) || !DtypeName(item.tensor.scalar_type())) {
       return absl::UnimplementedError(absl::StrCat("item '", item.fqn, "': dtype ",
                                                    c10::toString(item.tensor.scalar_type()),
@@ -216,7 +220,7 @@ absl::StatusOr<std::vector<WriteResult>> WriteRankFile(const std::string& dir, i
                                                        const std::vector<WriteItem>& items,
                                                        const WriteOptions& options) {
   if (rank < 0) return absl::InvalidArgumentError(absl::StrCat("negative rank ", rank));
-  if (absl::Status s = EnsureDirectory(dir); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(EnsureDirectory(dir));
   const std::string name = RankFileName(rank);
   const std::string path = JoinPath(dir, name);
   AtomicFileWriter::Options file_options;
@@ -241,7 +245,7 @@ absl::StatusOr<std::vector<WriteResult>> WriteRankFile(const std::string& dir, i
       return absl::Status(s.code(), absl::StrCat("writing ", path, ": ", s.message()));
     }
   }
-  if (absl::Status s = (*file)->Commit(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR((*file)->Commit());
   return results;
 }
 
@@ -304,7 +308,7 @@ absl::StatusOr<Metadata> BuildMetadata(const std::vector<std::vector<WriteResult
   }
   for (const auto& [fqn, entry] : md.state_dict_metadata) {
     if (const auto* t = std::get_if<TensorStorageMetadata>(&entry)) {
-      if (absl::Status s = ValidateChunks(fqn, *t); !s.ok()) return s;
+      FABRIC_RETURN_IF_ERROR(ValidateChunks(fqn, *t));
     }
   }
   md.storage_meta = std::move(storage_meta);
@@ -322,12 +326,12 @@ StorageMeta NewStorageMeta(const std::string& dir) {
 absl::Status WriteMetadata(const std::string& dir, const Metadata& metadata) {
   absl::StatusOr<std::string> bytes = SerializeMetadata(metadata);
   if (!bytes.ok()) return bytes.status();
-  if (absl::Status s = EnsureDirectory(dir); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(EnsureDirectory(dir));
   return AtomicWriteFile(JoinPath(dir, kMetadataFileName), *bytes);
 }
 
 absl::Status PrepareCheckpointDir(const std::string& dir) {
-  if (absl::Status s = EnsureDirectory(dir); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(EnsureDirectory(dir));
   const std::string path = JoinPath(dir, kMetadataFileName);
   if (::unlink(path.c_str()) != 0) {
     if (errno == ENOENT) return absl::OkStatus();

@@ -23,8 +23,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "checkpoint/atomic_file_writer.h"
 #include "checkpoint/disk_reference.h"
-#include "checkpoint/file_io.h"
+#include "checkpoint/file_reader.h"
 
 ABSL_FLAG(std::string, dir, "/tmp", "directory for the test file");
 ABSL_FLAG(double, gib, 2.0, "GiB to write and read");

@@ -1,4 +1,6 @@
-#include "checkpoint/file_io.h"
+#include "checkpoint/atomic_file_writer.h"
+#include "checkpoint/file_reader.h"
+#include "checkpoint/fs_util.h"
 
 #include <dirent.h>
 #include <fcntl.h>

@@ -1,41 +1,17 @@
-// Loading state from a Value tree into live tensors: the problems a load finds
-// (StateLoadReport) and the callback that reads not-yet-loaded file tensors
-// (TensorSource).
+// StateLoadReport: the problems loading a state dict into live tensors found
+// (missing, unexpected and mismatched keys), and the notation of its messages.
+// How file tensors are read: tensor_source.h and tensor_value.h.
 #ifndef FABRIC_CHECKPOINT_LOAD_REPORT_H_
 #define FABRIC_CHECKPOINT_LOAD_REPORT_H_
 
-#include <functional>
 #include <string>
-#include <string_view>
 #include <vector>
 
-#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
 
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
-#include "checkpoint/value.h"
 
 namespace fabric {
-
-// Reads the bytes of a file tensor `ref` into `destination`. The loaders call
-// it with a CPU, contiguous `destination` of exactly ref.dtype and ref.sizes
-// (often the module's own parameter, when that already has this layout, so the
-// bytes go straight into it); converting dtype or device is the loader's job.
-// The file layer provides one per open file.
-using TensorSource =
-    std::function<absl::Status(const TensorRef& ref, at::Tensor& destination)>;
-
-// One read of a batch: file tensor `ref` into `destination` (same contract as
-// TensorSource).
-struct TensorRead {
-  TensorRef ref;
-  at::Tensor destination;
-};
-
-// Reads many file tensors at once, so that the file layer can keep several
-// reads in flight instead of one small read at a time. Optional beside a
-// TensorSource; a loader without one calls the TensorSource per tensor.
-using TensorBatchSource = std::function<absl::Status(std::vector<TensorRead>& reads)>;
 
 // What loading a state dict into a module found. Unlike Python, which raises
 // on the first kind of problem it meets, this lists every problem at once.
@@ -61,28 +37,6 @@ struct StateLoadReport {
 
 // "[2,3]", the notation of the messages.
 std::string ShapeString(c10::IntArrayRef sizes);
-
-// Whether `source` reads `ref` straight into `destination`: a CPU,
-// contiguous tensor of the file's dtype and shape.
-bool ReadsStraightInto(const TensorRef& ref, const at::Tensor& destination);
-
-// Copies a tensor Value (kTensor, or kTensorRef read through `source`) into
-// the existing `destination`, with Tensor::copy_ semantics (dtype and device
-// conversion), without recording autograd. The caller has checked the shape;
-// `key` names the value in errors.
-absl::Status CopyValueInto(const Value& value, at::Tensor& destination,
-                           const TensorSource& source, const std::string& key);
-
-// Reads a tensor Value into a new CPU tensor of its own dtype and shape (for
-// a kTensor: the tensor itself, not a copy).
-absl::StatusOr<at::Tensor> MaterializeValue(const Value& value,
-                                            const TensorSource& source,
-                                            const std::string& key);
-
-// The sizes of a kTensor or kTensorRef Value.
-std::vector<int64_t> ValueTensorSizes(const Value& value);
-// The dtype of a kTensor or kTensorRef Value.
-at::ScalarType ValueTensorDtype(const Value& value);
 
 }  // namespace fabric
 

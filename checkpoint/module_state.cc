@@ -10,6 +10,8 @@
 #include <torch/nn/module.h>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "checkpoint/tensor_value.h"
 
 namespace fabric {
 namespace {

@@ -19,8 +19,10 @@
 #include <torch/optim/optimizer.h>
 #include <torch/optim/sgd.h>
 
-#include "base/status_macros.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "checkpoint/load_report.h"
+#include "checkpoint/tensor_value.h"
 
 namespace fabric {
 namespace {
@@ -160,7 +162,7 @@ absl::StatusOr<std::unique_ptr<OptimizerOptions>> ParseSGDGroup(const Dict& grou
                                                                  const SGDOptions& current,
                                                                  const std::string& path) {
   auto options = std::make_unique<SGDOptions>(current);
-  if (absl::Status s = RefuseMaximize(group, path, "torch::optim::SGD"); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(RefuseMaximize(group, path, "torch::optim::SGD"));
   FABRIC_ASSIGN_OR_RETURN(std::optional<double> lr, GetNumber(group, "lr", path));
   FABRIC_ASSIGN_OR_RETURN(std::optional<double> momentum, GetNumber(group, "momentum", path));
   FABRIC_ASSIGN_OR_RETURN(std::optional<double> dampening, GetNumber(group, "dampening", path));
@@ -181,7 +183,7 @@ absl::StatusOr<std::unique_ptr<OptimizerOptions>> ParseAdamGroup(const Dict& gro
                                                                   const std::string& path,
                                                                   const std::string& type) {
   auto options = std::make_unique<Options>(current);
-  if (absl::Status s = RefuseMaximize(group, path, type); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(RefuseMaximize(group, path, type));
   FABRIC_ASSIGN_OR_RETURN(std::optional<double> lr, GetNumber(group, "lr", path));
   FABRIC_ASSIGN_OR_RETURN(std::vector<double> betas, GetBetas(group, path));
   FABRIC_ASSIGN_OR_RETURN(std::optional<double> eps, GetNumber(group, "eps", path));

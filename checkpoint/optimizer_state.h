@@ -30,7 +30,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "checkpoint/load_report.h"
+#include "checkpoint/tensor_source.h"
 #include "checkpoint/value.h"
 
 namespace torch::optim {

@@ -1,4 +1,5 @@
-#include "checkpoint/pickle.h"
+#include "checkpoint/pickle_reader.h"
+#include "checkpoint/pickle_writer.h"
 
 #include <sys/stat.h>
 

@@ -11,7 +11,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/pickle.h"
+#include "base/status_macros.h"
+#include "checkpoint/pickle_reader.h"
+#include "checkpoint/pickle_writer.h"
 #include "checkpoint/zip_writer.h"
 
 namespace fabric {
@@ -212,7 +214,7 @@ absl::StatusOr<std::unique_ptr<TorchStreamWriter>> TorchStreamWriter::Create(
   if (!file.ok()) return file.status();
   w->file_ = *std::move(file);
   w->zip_ = std::make_unique<ZipWriter>(w->file_.get(), ArchiveName(path));
-  if (absl::Status s = WriteLeadingRecords(*w->zip_, *pkl); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(WriteLeadingRecords(*w->zip_, *pkl));
   return w;
 }
 
@@ -232,13 +234,13 @@ absl::Status TorchStreamWriter::Expect(const std::string& key, uint64_t n) {
 }
 
 absl::Status TorchStreamWriter::WriteStorage(const std::string& key, const void* data, uint64_t n) {
-  if (absl::Status s = BeginStorage(key, n); !s.ok()) return s;
-  if (absl::Status s = AppendStorage(data, n); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(BeginStorage(key, n));
+  FABRIC_RETURN_IF_ERROR(AppendStorage(data, n));
   return EndStorage();
 }
 
 absl::Status TorchStreamWriter::BeginStorage(const std::string& key, uint64_t n) {
-  if (absl::Status s = Expect(key, n); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(Expect(key, n));
   return zip_->BeginRecord("data/" + key, n);
 }
 
@@ -247,7 +249,7 @@ absl::Status TorchStreamWriter::AppendStorage(const void* data, uint64_t n) {
 }
 
 absl::Status TorchStreamWriter::EndStorage() {
-  if (absl::Status s = zip_->EndRecord(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(zip_->EndRecord());
   done_bytes_ += order_[next_].second;
   ++next_;
   if (progress_) progress_(done_bytes_, total_bytes_);
@@ -310,7 +312,7 @@ absl::StatusOr<std::unique_ptr<TorchFile>> TorchFile::Open(std::shared_ptr<FileR
                                      " (not a torch.save checkpoint in the zip format)"));
   }
   f->zip_ = *std::move(zip);
-  if (absl::Status s = f->Init(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(f->Init());
   return f;
 }
 
@@ -378,9 +380,7 @@ absl::StatusOr<at::Storage> TorchFile::ReadStorage(const TensorRef& ref,
   const int64_t nbytes = ref.storage_numel * ElementSize(ref.dtype);
   at::Tensor bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
   if (nbytes > 0) {
-    if (absl::Status s = file_->ReadAt((*entry)->data_offset, bytes.data_ptr(), nbytes); !s.ok()) {
-      return s;
-    }
+    FABRIC_RETURN_IF_ERROR(file_->ReadAt((*entry)->data_offset, bytes.data_ptr(), nbytes));
   }
   if (!device.is_cpu()) bytes = bytes.to(device);
   return bytes.storage();
@@ -397,7 +397,7 @@ absl::StatusOr<at::Tensor> TorchFile::ReadTensor(const TensorRef& ref,
     if (nbytes > 0) {
       const uint64_t at_byte = (*entry)->data_offset +
                                static_cast<uint64_t>(ref.storage_offset) * out.element_size();
-      if (absl::Status s = file_->ReadAt(at_byte, out.data_ptr(), nbytes); !s.ok()) return s;
+      FABRIC_RETURN_IF_ERROR(file_->ReadAt(at_byte, out.data_ptr(), nbytes));
     }
     if (!device.is_cpu()) out = out.to(device);
   } else {
@@ -451,9 +451,9 @@ absl::Status TorchFile::ReadIntoMany(std::vector<TensorRead>& reads) const {
       others.push_back(&r);
     }
   }
-  if (absl::Status s = file_->ReadBatch(std::move(batch)); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(file_->ReadBatch(std::move(batch)));
   for (TensorRead* r : others) {
-    if (absl::Status s = ReadInto(r->ref, r->destination); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(ReadInto(r->ref, r->destination));
   }
   return absl::OkStatus();
 }
@@ -484,18 +484,18 @@ absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Devi
       }
     } else if (v.is_sequence()) {
       for (const Value& item : v.items()) {
-        if (absl::Status s = collect(item); !s.ok()) return s;
+        FABRIC_RETURN_IF_ERROR(collect(item));
       }
     } else if (v.is_dict()) {
       for (const auto& [k, item] : v.as_dict()) {
-        if (absl::Status s = collect(item); !s.ok()) return s;
+        FABRIC_RETURN_IF_ERROR(collect(item));
       }
     }
     return absl::OkStatus();
   };
-  if (absl::Status s = collect(value); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(collect(value));
   if (device.is_cpu()) {
-    if (absl::Status s = file_->ReadBatch(std::move(batch)); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(file_->ReadBatch(std::move(batch)));
   } else {
     for (size_t first = 0; first < batch.size();) {
       size_t last = first;
@@ -504,9 +504,7 @@ absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Devi
              (last == first || group_bytes + batch[last].n <= kDeviceCopyChunk)) {
         group_bytes += batch[last++].n;
       }
-      if (absl::Status s = file_->ReadBatch({batch.begin() + first, batch.begin() + last}); !s.ok()) {
-        return s;
-      }
+      FABRIC_RETURN_IF_ERROR(file_->ReadBatch({batch.begin() + first, batch.begin() + last}));
       for (size_t i = first; i < last; ++i) {
         at::Tensor& bytes = storages.at(batch_keys[i]);
         bytes = bytes.to(device);  // frees the host copy

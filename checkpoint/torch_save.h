@@ -23,8 +23,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "checkpoint/file_io.h"
-#include "checkpoint/load_report.h"
+#include "checkpoint/atomic_file_writer.h"
+#include "checkpoint/byte_sink.h"
+#include "checkpoint/file_reader.h"
+#include "checkpoint/tensor_source.h"
 #include "checkpoint/value.h"
 #include "checkpoint/zip_reader.h"
 

@@ -175,8 +175,10 @@ class Value {
       v_;
 };
 
-// An insertion-ordered dict, keyed by Values. String and int keys (all that
-// state dicts use) are indexed; other keys are found by a linear scan.
+// An insertion-ordered dict, keyed by Values. Every key is hashed: string and
+// int keys (all that state dicts use) in their own indexes, other keys
+// (tuples, objects) by a structural hash, so lookups and inserts take
+// constant time on average.
 class Dict {
  public:
   Dict() = default;

@@ -5,41 +5,19 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/absl_view.h"
+#include "base/status_macros.h"
 #include "checkpoint/crc32.h"
+#include "checkpoint/little_endian.h"
+#include "checkpoint/zip_format.h"
 
 namespace fabric {
 namespace {
 
-// Debian's Abseil has its own string_view type.
-absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-
-constexpr uint32_t kLocalHeaderSig = 0x04034b50;
-constexpr uint32_t kCentralHeaderSig = 0x02014b50;
-constexpr uint32_t kZip64EndSig = 0x06064b50;
-constexpr uint32_t kZip64LocatorSig = 0x07064b50;
-constexpr uint32_t kEndSig = 0x06054b50;
-constexpr size_t kLocalHeaderSize = 30;
-constexpr size_t kCentralHeaderSize = 46;
-constexpr size_t kEndSize = 22;
-constexpr size_t kZip64EndSize = 56;
-constexpr size_t kZip64LocatorSize = 20;
-constexpr uint16_t kZip64ExtraId = 0x0001;
-constexpr uint16_t kFlagEncrypted = 1;
-constexpr uint64_t kMax16 = 0xffff;
-constexpr uint64_t kMax32 = 0xffffffff;
-
-uint16_t U16(const char* p) {
-  const auto* b = reinterpret_cast<const unsigned char*>(p);
-  return static_cast<uint16_t>(b[0] | (b[1] << 8));
-}
-uint32_t U32(const char* p) {
-  const auto* b = reinterpret_cast<const unsigned char*>(p);
-  return static_cast<uint32_t>(b[0]) | (static_cast<uint32_t>(b[1]) << 8) |
-         (static_cast<uint32_t>(b[2]) << 16) | (static_cast<uint32_t>(b[3]) << 24);
-}
-uint64_t U64(const char* p) {
-  return static_cast<uint64_t>(U32(p)) | (static_cast<uint64_t>(U32(p + 4)) << 32);
-}
+using little_endian::Load16;
+using little_endian::Load32;
+using little_endian::Load64;
+using namespace zip_format;  // NOLINT: the format's constants, read field by field below
 
 }  // namespace
 
@@ -56,7 +34,7 @@ absl::StatusOr<std::unique_ptr<ZipReader>> ZipReader::Open(std::shared_ptr<FileR
   }
   const uint64_t len = length ? *length : size - base_offset;
   std::unique_ptr<ZipReader> r(new ZipReader(std::move(file), base_offset, len));
-  if (absl::Status s = r->Load(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(r->Load());
   return r;
 }
 
@@ -64,7 +42,7 @@ absl::Status ZipReader::Corrupt(std::string_view what) const {
   return absl::DataLossError(absl::StrCat("'", path(), "'",
                                           base_ ? absl::StrCat(" (archive at offset ", base_, ")")
                                                 : std::string(),
-                                          ": ", Sv(what)));
+                                          ": ", AbslView(what)));
 }
 
 absl::Status ZipReader::Load() {
@@ -75,13 +53,11 @@ absl::Status ZipReader::Load() {
   }
   const uint64_t tail_len = std::min<uint64_t>(length_, kEndSize + kMax16);
   std::string tail(tail_len, '\0');
-  if (absl::Status s = file_->ReadAt(base_ + length_ - tail_len, tail.data(), tail_len); !s.ok()) {
-    return s;
-  }
+  FABRIC_RETURN_IF_ERROR(file_->ReadAt(base_ + length_ - tail_len, tail.data(), tail_len));
   int64_t end_at = -1;  // in tail
   for (int64_t i = static_cast<int64_t>(tail_len - kEndSize); i >= 0; --i) {
-    if (U32(&tail[i]) == kEndSig &&
-        static_cast<uint64_t>(i) + kEndSize + U16(&tail[i + 20]) == tail_len) {
+    if (Load32(&tail[i]) == kEndSig &&
+        static_cast<uint64_t>(i) + kEndSize + Load16(&tail[i + kEndCommentLenAt]) == tail_len) {
       end_at = i;
       break;
     }
@@ -91,10 +67,11 @@ absl::Status ZipReader::Load() {
   }
   const char* e = &tail[end_at];
   const uint64_t end_pos = length_ - tail_len + static_cast<uint64_t>(end_at);  // archive-relative
-  uint64_t count = U16(e + 10);
-  uint64_t cd_size = U32(e + 12);
-  uint64_t cd_offset = U32(e + 16);
-  if (U16(e + 4) != 0 || U16(e + 6) != 0 || U16(e + 8) != U16(e + 10)) {
+  uint64_t count = Load16(e + kEndCountAt);
+  uint64_t cd_size = Load32(e + kEndCdSizeAt);
+  uint64_t cd_offset = Load32(e + kEndCdOffsetAt);
+  if (Load16(e + kEndDiskAt) != 0 || Load16(e + kEndCdDiskAt) != 0 ||
+      Load16(e + kEndDiskCountAt) != Load16(e + kEndCountAt)) {
     return Corrupt("multi-disk zip archives are not supported");
   }
 
@@ -102,27 +79,25 @@ absl::Status ZipReader::Load() {
   bool zip64 = false;
   if (end_pos >= kZip64LocatorSize + kZip64EndSize) {
     char loc[kZip64LocatorSize];
-    if (absl::Status s = file_->ReadAt(base_ + end_pos - kZip64LocatorSize, loc, sizeof(loc));
-        !s.ok()) {
-      return s;
-    }
-    if (U32(loc) == kZip64LocatorSig) {
+    FABRIC_RETURN_IF_ERROR(file_->ReadAt(base_ + end_pos - kZip64LocatorSize, loc, sizeof(loc)));
+    if (Load32(loc) == kZip64LocatorSig) {
       // The locator's offset is archive-relative; an archive that was moved
       // after writing still has its zip64 record right before the locator.
       char rec[kZip64EndSize];
       bool found = false;
-      for (uint64_t at : {U64(loc + 8), end_pos - kZip64LocatorSize - kZip64EndSize}) {
+      for (uint64_t at : {Load64(loc + kZip64LocatorEndOffsetAt),
+                          end_pos - kZip64LocatorSize - kZip64EndSize}) {
         if (at > end_pos - kZip64LocatorSize - kZip64EndSize) continue;
-        if (absl::Status s = file_->ReadAt(base_ + at, rec, sizeof(rec)); !s.ok()) return s;
-        if (U32(rec) == kZip64EndSig) {
+        FABRIC_RETURN_IF_ERROR(file_->ReadAt(base_ + at, rec, sizeof(rec)));
+        if (Load32(rec) == kZip64EndSig) {
           found = true;
           break;
         }
       }
       if (!found) return Corrupt("zip64 end of central directory record not found");
-      count = U64(rec + 32);
-      cd_size = U64(rec + 40);
-      cd_offset = U64(rec + 48);
+      count = Load64(rec + kZip64EndCountAt);
+      cd_size = Load64(rec + kZip64EndCdSizeAt);
+      cd_offset = Load64(rec + kZip64EndCdOffsetAt);
       zip64 = true;
     }
   }
@@ -139,26 +114,26 @@ absl::Status ZipReader::Load() {
   }
 
   std::string cd(cd_size, '\0');
-  if (absl::Status s = file_->ReadAt(base_ + cd_offset, cd.data(), cd_size); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(file_->ReadAt(base_ + cd_offset, cd.data(), cd_size));
   entries_.reserve(count);
   std::vector<uint64_t> header_offsets;
   header_offsets.reserve(count);
   size_t p = 0;
   for (uint64_t i = 0; i < count; ++i) {
-    if (cd_size - p < kCentralHeaderSize || U32(&cd[p]) != kCentralHeaderSig) {
+    if (cd_size - p < kCentralHeaderSize || Load32(&cd[p]) != kCentralHeaderSig) {
       return Corrupt(absl::StrCat("central directory entry ", i, " of ", count, " is damaged"));
     }
     const char* h = &cd[p];
     Entry entry;
-    entry.flags = U16(h + 8);
-    entry.compression = U16(h + 10);
-    entry.crc32 = U32(h + 16);
-    entry.compressed_size = U32(h + 20);
-    entry.size = U32(h + 24);
-    const size_t name_len = U16(h + 28);
-    const size_t extra_len = U16(h + 30);
-    const size_t comment_len = U16(h + 32);
-    uint64_t header_offset = U32(h + 42);
+    entry.flags = Load16(h + kCentralFlagsAt);
+    entry.compression = Load16(h + kCentralMethodAt);
+    entry.crc32 = Load32(h + kCentralCrcAt);
+    entry.compressed_size = Load32(h + kCentralCompressedSizeAt);
+    entry.size = Load32(h + kCentralSizeAt);
+    const size_t name_len = Load16(h + kCentralNameLenAt);
+    const size_t extra_len = Load16(h + kCentralExtraLenAt);
+    const size_t comment_len = Load16(h + kCentralCommentLenAt);
+    uint64_t header_offset = Load32(h + kCentralHeaderOffsetAt);
     if (cd_size - p < kCentralHeaderSize + name_len + extra_len + comment_len) {
       return Corrupt(absl::StrCat("central directory entry ", i, " of ", count, " is truncated"));
     }
@@ -167,8 +142,8 @@ absl::Status ZipReader::Load() {
     // this order.
     const char* x = h + kCentralHeaderSize + name_len;
     for (size_t k = 0; k + 4 <= extra_len;) {
-      const uint16_t id = U16(x + k);
-      const size_t n = U16(x + k + 2);
+      const uint16_t id = Load16(x + k);
+      const size_t n = Load16(x + k + 2);
       if (k + 4 + n > extra_len) break;
       if (id == kZip64ExtraId) {
         const char* v = x + k + 4;
@@ -176,7 +151,7 @@ absl::Status ZipReader::Load() {
         auto take = [&](uint64_t* field) {
           if (*field != kMax32) return true;
           if (left < 8) return false;
-          *field = U64(v);
+          *field = Load64(v);
           v += 8;
           left -= 8;
           return true;
@@ -221,14 +196,13 @@ absl::Status ZipReader::Load() {
     if (header_offsets[i] + kLocalHeaderSize > cd_offset) {
       return Corrupt(absl::StrCat("record '", entry.name, "' local header is out of range"));
     }
-    if (absl::Status s = file_->ReadAt(base_ + header_offsets[i], h, sizeof(h)); !s.ok()) {
-      return s;
-    }
-    if (U32(h) != kLocalHeaderSig) {
+    FABRIC_RETURN_IF_ERROR(file_->ReadAt(base_ + header_offsets[i], h, sizeof(h)));
+    if (Load32(h) != kLocalHeaderSig) {
       return Corrupt(absl::StrCat("record '", entry.name, "': no local header at offset ",
                                   header_offsets[i]));
     }
-    const uint64_t data = header_offsets[i] + kLocalHeaderSize + U16(h + 26) + U16(h + 28);
+    const uint64_t data = header_offsets[i] + kLocalHeaderSize + Load16(h + kLocalNameLenAt) +
+                          Load16(h + kLocalExtraLenAt);
     if (data > cd_offset || entry.compressed_size > cd_offset - data) {
       return Corrupt(absl::StrCat("record '", entry.name, "' (", entry.compressed_size,
                                   " bytes at offset ", data,
@@ -241,65 +215,58 @@ absl::Status ZipReader::Load() {
 }
 
 const ZipReader::Entry* ZipReader::Find(std::string_view name) const {
-  auto it = by_name_.find(Sv(name));
+  auto it = by_name_.find(AbslView(name));
   return it == by_name_.end() ? nullptr : &entries_[it->second];
 }
 
 absl::StatusOr<const ZipReader::Entry*> ZipReader::Readable(std::string_view name) const {
   const Entry* e = Find(name);
   if (!e) {
-    return absl::NotFoundError(absl::StrCat("'", path(), "': no record '", Sv(name),
+    return absl::NotFoundError(absl::StrCat("'", path(), "': no record '", AbslView(name),
                                             "' in archive '", archive_name_, "'"));
   }
   if (e->flags & kFlagEncrypted) {
     return absl::UnimplementedError(
-        absl::StrCat("'", path(), "': record '", Sv(name), "' is encrypted"));
+        absl::StrCat("'", path(), "': record '", AbslView(name), "' is encrypted"));
   }
   if (e->compression != 0 || e->compressed_size != e->size) {
     return absl::UnimplementedError(absl::StrCat(
-        "'", path(), "': record '", Sv(name), "' is compressed (method ", e->compression,
+        "'", path(), "': record '", AbslView(name), "' is compressed (method ", e->compression,
         "); only stored (uncompressed) records are supported, as torch.save writes them"));
   }
   return e;
 }
 
 absl::StatusOr<std::string> ZipReader::ReadRecord(std::string_view name) const {
-  absl::StatusOr<const Entry*> e = Readable(name);
-  if (!e.ok()) return e.status();
-  std::string out((*e)->size, '\0');
-  if (absl::Status s = file_->ReadAt((*e)->data_offset, out.data(), out.size()); !s.ok()) {
-    return s;
-  }
+  FABRIC_ASSIGN_OR_RETURN(const Entry* e, Readable(name));
+  std::string out(e->size, '\0');
+  FABRIC_RETURN_IF_ERROR(file_->ReadAt(e->data_offset, out.data(), out.size()));
   return out;
 }
 
 absl::Status ZipReader::ReadRecordInto(std::string_view name, void* dst, size_t n) const {
-  absl::StatusOr<const Entry*> e = Readable(name);
-  if (!e.ok()) return e.status();
-  if ((*e)->size != n) {
-    return absl::InvalidArgumentError(absl::StrCat("'", path(), "': record '", Sv(name), "' has ",
-                                                   (*e)->size, " bytes, not ", n));
+  FABRIC_ASSIGN_OR_RETURN(const Entry* e, Readable(name));
+  if (e->size != n) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path(), "': record '", AbslView(name), "' has ",
+                                                   e->size, " bytes, not ", n));
   }
-  return file_->ReadAt((*e)->data_offset, dst, n);
+  return file_->ReadAt(e->data_offset, dst, n);
 }
 
 absl::Status ZipReader::VerifyCrc(std::string_view name) const {
-  absl::StatusOr<const Entry*> e = Readable(name);
-  if (!e.ok()) return e.status();
+  FABRIC_ASSIGN_OR_RETURN(const Entry* e, Readable(name));
   constexpr size_t kChunk = size_t{16} << 20;
-  std::string buf(static_cast<size_t>(std::min<uint64_t>((*e)->size, kChunk)), '\0');
+  std::string buf(static_cast<size_t>(std::min<uint64_t>(e->size, kChunk)), '\0');
   uint32_t crc = 0;
-  for (uint64_t done = 0; done < (*e)->size;) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, (*e)->size - done));
-    if (absl::Status s = file_->ReadAt((*e)->data_offset + done, buf.data(), n); !s.ok()) {
-      return s;
-    }
+  for (uint64_t done = 0; done < e->size;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, e->size - done));
+    FABRIC_RETURN_IF_ERROR(file_->ReadAt(e->data_offset + done, buf.data(), n));
     crc = Crc32(crc, buf.data(), n);
     done += n;
   }
-  if (crc != (*e)->crc32) {
-    return absl::DataLossError(absl::StrCat("'", path(), "': CRC-32 mismatch in record '", Sv(name),
-                                            "': stored ", absl::Hex((*e)->crc32), ", data has ",
+  if (crc != e->crc32) {
+    return absl::DataLossError(absl::StrCat("'", path(), "': CRC-32 mismatch in record '", AbslView(name),
+                                            "': stored ", absl::Hex(e->crc32), ", data has ",
                                             absl::Hex(crc)));
   }
   return absl::OkStatus();

@@ -21,7 +21,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "checkpoint/file_io.h"
+#include "checkpoint/file_reader.h"
 
 namespace fabric {
 

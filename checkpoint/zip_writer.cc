@@ -4,36 +4,19 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/absl_view.h"
+#include "base/status_macros.h"
 #include "checkpoint/crc32.h"
+#include "checkpoint/little_endian.h"
+#include "checkpoint/zip_format.h"
 
 namespace fabric {
 namespace {
 
-// Debian's Abseil has its own string_view type.
-absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-
-// Zip format constants (APPNOTE.TXT).
-namespace zip_format {
-constexpr uint32_t kLocalHeaderSig = 0x04034b50;
-constexpr uint32_t kCentralHeaderSig = 0x02014b50;
-constexpr uint32_t kDescriptorSig = 0x08074b50;
-constexpr uint32_t kZip64EndSig = 0x06064b50;
-constexpr uint32_t kZip64LocatorSig = 0x07064b50;
-constexpr uint32_t kEndSig = 0x06054b50;
-constexpr size_t kLocalHeaderSize = 30;
-constexpr uint64_t kZip64EndSize = 56;
-constexpr uint16_t kVersionDefault = 20;  // 2.0
-constexpr uint16_t kVersionZip64 = 45;    // 4.5
-constexpr uint16_t kMadeByUnix = 3 << 8;
-constexpr uint16_t kFlagDescriptor = 1 << 3;
-constexpr uint16_t kFlagUtf8 = 1 << 11;
-constexpr uint16_t kZip64ExtraId = 0x0001;
-constexpr uint16_t kPaddingExtraId = 0x4246;  // "FB", PyTorch's alignment padding
-}  // namespace zip_format
+using zip_format::kMax16;
+using zip_format::kMax32;
 
 constexpr uint64_t kAlignment = 64;
-constexpr uint64_t kMax16 = 0xffff;
-constexpr uint64_t kMax32 = 0xffffffff;
 
 // Little-endian field appender.
 class Bytes {
@@ -48,8 +31,8 @@ class Bytes {
   }
 
  private:
-  Bytes& Le(uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) out_->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  Bytes& Le(uint64_t v, size_t n) {
+    little_endian::Append(out_, v, n);
     return *this;
   }
   std::string* out_;
@@ -77,10 +60,10 @@ ZipWriter::ZipWriter(ByteSink* sink, std::string archive_name, Options options)
 uint64_t ZipWriter::bytes_written() const { return sink_->position() - start_; }
 
 absl::Status ZipWriter::CheckUsable(std::string_view what) const {
-  if (!error_.ok()) return error_;
+  FABRIC_RETURN_IF_ERROR(error_);
   if (finished_) {
     return absl::FailedPreconditionError(
-        absl::StrCat("zip archive '", archive_name_, "': ", Sv(what), " after Finish()"));
+        absl::StrCat("zip archive '", archive_name_, "': ", AbslView(what), " after Finish()"));
   }
   return absl::OkStatus();
 }
@@ -94,20 +77,20 @@ absl::Status ZipWriter::Put(const void* data, size_t n) {
 
 absl::Status ZipWriter::StartRecord(std::string_view name, uint64_t size, uint32_t crc,
                                     bool descriptor) {
-  if (absl::Status s = CheckUsable("adding a record"); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(CheckUsable("adding a record"));
   if (open_) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "zip archive '", archive_name_, "': record '", Sv(name), "' started before '",
+        "zip archive '", archive_name_, "': record '", AbslView(name), "' started before '",
         records_.empty() ? "" : records_.back().name, "' was ended"));
   }
-  std::string full = absl::StrCat(archive_name_, "/", Sv(name));
+  std::string full = absl::StrCat(archive_name_, "/", AbslView(name));
   if (name.empty() || full.size() > kMax16) {
     return absl::InvalidArgumentError(
-        absl::StrCat("zip archive '", archive_name_, "': bad record name '", Sv(name), "'"));
+        absl::StrCat("zip archive '", archive_name_, "': bad record name '", AbslView(name), "'"));
   }
   if (!names_.insert(full).second) {
     return absl::AlreadyExistsError(
-        absl::StrCat("zip archive '", archive_name_, "': duplicate record '", Sv(name), "'"));
+        absl::StrCat("zip archive '", archive_name_, "': duplicate record '", AbslView(name), "'"));
   }
   const uint64_t offset = bytes_written();
   // The local header needs zip64 sizes only for a big record; its own offset
@@ -138,7 +121,7 @@ absl::Status ZipWriter::StartRecord(std::string_view name, uint64_t size, uint32
   if (zip64) Bytes(&h).U16(zip_format::kZip64ExtraId).U16(16).U64(known).U64(known);
   Bytes(&h).U16(zip_format::kPaddingExtraId).U16(static_cast<uint16_t>(pad));
   h.append(pad, 'Z');
-  if (absl::Status s = Put(h.data(), h.size()); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(Put(h.data(), h.size()));
 
   records_.push_back(Record{std::move(full), offset, size, crc, flags});
   open_zip64_ = zip64;
@@ -156,22 +139,22 @@ absl::Status ZipWriter::WriteRecord(std::string_view name, const void* data, siz
     // before it is copied out, so the bytes are read from memory once rather
     // than twice; the CRC then follows in a data descriptor, as PyTorch's
     // writer does for every record.
-    if (absl::Status s = BeginRecord(name, n); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(BeginRecord(name, n));
     const char* p = static_cast<const char*>(data);
     for (size_t done = 0; done < n;) {
       const size_t piece = std::min(kStreamedPiece, n - done);
-      if (absl::Status s = AppendRecordData(p + done, piece); !s.ok()) return s;
+      FABRIC_RETURN_IF_ERROR(AppendRecordData(p + done, piece));
       done += piece;
     }
     return EndRecord();
   }
   const uint32_t crc = Crc32(0, data, n);
-  if (absl::Status s = StartRecord(name, n, crc, /*descriptor=*/false); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(StartRecord(name, n, crc, /*descriptor=*/false));
   return Put(data, n);
 }
 
 absl::Status ZipWriter::BeginRecord(std::string_view name, uint64_t n) {
-  if (absl::Status s = StartRecord(name, n, 0, /*descriptor=*/true); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(StartRecord(name, n, 0, /*descriptor=*/true));
   open_ = true;
   open_done_ = 0;
   open_crc_ = 0;
@@ -179,7 +162,7 @@ absl::Status ZipWriter::BeginRecord(std::string_view name, uint64_t n) {
 }
 
 absl::Status ZipWriter::AppendRecordData(const void* data, size_t n) {
-  if (absl::Status s = CheckUsable("appending record data"); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(CheckUsable("appending record data"));
   if (!open_) {
     return absl::FailedPreconditionError(absl::StrCat(
         "zip archive '", archive_name_, "': AppendRecordData without BeginRecord"));
@@ -196,7 +179,7 @@ absl::Status ZipWriter::AppendRecordData(const void* data, size_t n) {
 }
 
 absl::Status ZipWriter::EndRecord() {
-  if (absl::Status s = CheckUsable("ending a record"); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(CheckUsable("ending a record"));
   if (!open_) {
     return absl::FailedPreconditionError(
         absl::StrCat("zip archive '", archive_name_, "': EndRecord without BeginRecord"));
@@ -221,7 +204,7 @@ absl::Status ZipWriter::EndRecord() {
 }
 
 absl::Status ZipWriter::Finish() {
-  if (absl::Status s = CheckUsable("Finish()"); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(CheckUsable("Finish()"));
   if (open_) {
     return absl::FailedPreconditionError(absl::StrCat(
         "zip archive '", archive_name_, "': Finish() while record '", records_.back().name,
@@ -261,11 +244,11 @@ absl::Status ZipWriter::Finish() {
       if (far) b.U64(r.offset);
     }
     if (buf.size() >= (1 << 20)) {
-      if (absl::Status s = Put(buf.data(), buf.size()); !s.ok()) return s;
+      FABRIC_RETURN_IF_ERROR(Put(buf.data(), buf.size()));
       buf.clear();
     }
   }
-  if (absl::Status s = Put(buf.data(), buf.size()); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(Put(buf.data(), buf.size()));
   buf.clear();
   const uint64_t cd_size = bytes_written() - cd_offset;
   const uint64_t count = records_.size();

@@ -28,7 +28,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
-#include "checkpoint/file_io.h"
+#include "checkpoint/byte_sink.h"
 
 namespace fabric {
 

@@ -17,7 +17,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/file_io.h"
+#include "checkpoint/atomic_file_writer.h"
+#include "checkpoint/byte_sink.h"
+#include "checkpoint/file_reader.h"
 #include "checkpoint/test_python.h"
 #include "checkpoint/zip_reader.h"
 #include "gtest/gtest.h"

@@ -28,6 +28,7 @@
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/dcp_writer.h"
 #include "checkpoint/load_report.h"
+#include "checkpoint/tensor_value.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/optimizer_state.h"
 #include "checkpoint/torch_save.h"

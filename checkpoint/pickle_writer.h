@@ -1,34 +1,27 @@
-// Pickle: Python's pickle format for Value trees, as torch.save writes it.
+// The pickle writer: Value trees as torch.save pickles them.
 //
-// The writer emits protocol 2 (torch.save's default) by default, with tensors
-// written exactly as torch.save writes them:
+// It emits protocol 2 (torch.save's default) by default, with tensors written
+// exactly as torch.save writes them:
 //   torch._utils._rebuild_tensor_v2(
 //       persistent_id(('storage', torch.<X>Storage, key, location, numel)),
 //       storage_offset, size, stride, requires_grad, collections.OrderedDict())
 // (dtypes without a legacy storage class use _rebuild_tensor_v3 with a
 // torch.storage.UntypedStorage sized in bytes plus the dtype, as torch does).
 // The writer does not own storages: a callback names each tensor's storage.
-//
-// The reader is a protocol 0-5 unpickler that interprets the well-known torch
-// callables (tensor rebuilds, parameters, torch.Size, torch.device,
-// OrderedDict, sets, bytes) and keeps anything else as an uninterpreted
-// Object, so such objects can be written back unchanged. Sets and frozensets
-// load as lists. Bad input never crashes: it yields an error that names the
-// file or record and the byte offset.
-#ifndef FABRIC_CHECKPOINT_PICKLE_H_
-#define FABRIC_CHECKPOINT_PICKLE_H_
+// Objects whose callable is PersistentIdCallable() (pickle_format.h) are
+// written back as persistent ids.
+#ifndef FABRIC_CHECKPOINT_PICKLE_WRITER_H_
+#define FABRIC_CHECKPOINT_PICKLE_WRITER_H_
 
 #include <cstdint>
 #include <functional>
 #include <string>
-#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "checkpoint/value.h"
 
-namespace fabric {
-namespace pickle {
+namespace fabric::pickle {
 
 // Where a tensor's bytes are saved: the archive record data/<key>.
 struct StorageId {
@@ -39,11 +32,6 @@ struct StorageId {
 
 // Assigns a storage key to a tensor (and dedupes tensors sharing a storage).
 using StorageIdFn = std::function<absl::StatusOr<StorageId>(const at::Tensor&)>;
-
-// A persistent id (pickle's PERSID/BINPERSID) that the reader did not turn
-// into a tensor, e.g. a bare storage: an Object with this callable and the id
-// as its only arg. The writer writes such Objects back as persistent ids.
-inline Global PersistentIdCallable() { return Global{"__fabric_pickle__", "persistent_id"}; }
 
 struct PickleOptions {
   int protocol = 2;  // 2 to 5
@@ -62,17 +50,6 @@ absl::StatusOr<std::string> Pickle(const Value& v, int protocol = 2);
 // With tensors: `storage_id` names each tensor's storage.
 absl::StatusOr<std::string> Pickle(const Value& v, StorageIdFn storage_id, int protocol = 2);
 
-struct UnpickleOptions {
-  // Results nested deeper than this (or cyclic) are an error, so that every
-  // recursive walk of a loaded Value is bounded.
-  int max_depth = 1000;
-};
+}  // namespace fabric::pickle
 
-// `what` names the data in error messages, e.g. "model.ckpt:archive/data.pkl".
-absl::StatusOr<Value> Unpickle(std::string_view bytes, std::string_view what,
-                               const UnpickleOptions& options = {});
-
-}  // namespace pickle
-}  // namespace fabric
-
-#endif  // FABRIC_CHECKPOINT_PICKLE_H_
+#endif  // FABRIC_CHECKPOINT_PICKLE_WRITER_H_

@@ -1,0 +1,59 @@
+// FileReader: positional reads from one file, safe for concurrent calls,
+// with batched reads that turn many small records into a few large reads.
+#ifndef FABRIC_CHECKPOINT_FILE_READER_H_
+#define FABRIC_CHECKPOINT_FILE_READER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace fabric {
+
+// One piece of a batched read: `n` bytes at file offset `offset` into `dst`.
+struct ReadRequest {
+  uint64_t offset;
+  void* dst;
+  size_t n;
+};
+
+class FileReader {
+ public:
+  static absl::StatusOr<std::shared_ptr<FileReader>> Open(const std::string& path);
+
+  FileReader(const FileReader&) = delete;
+  FileReader& operator=(const FileReader&) = delete;
+  ~FileReader();
+
+  uint64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+  // Reads exactly n bytes at offset into dst. Reading past the end is a
+  // "truncated file" error naming the path, the offset and the size.
+  absl::Status ReadAt(uint64_t offset, void* dst, size_t n) const;
+
+  // Reads every request, in any order (destinations must not overlap). Many
+  // small records read this way cost a few large reads: requests close
+  // together in the file become one preadv of up to 16 MiB (the bytes between
+  // them land in scratch memory), and several such reads are in flight at once.
+  absl::Status ReadBatch(std::vector<ReadRequest> requests) const;
+
+ private:
+  struct Span;
+  FileReader(std::string path, int fd, uint64_t size);
+  absl::Status CheckRange(uint64_t offset, size_t n) const;
+  absl::Status ReadRange(uint64_t offset, char* dst, size_t n) const;
+  absl::Status ReadSpan(const Span& span, const ReadRequest* requests, char* scratch) const;
+
+  const std::string path_;
+  const int fd_;
+  const uint64_t size_;
+};
+
+}  // namespace fabric
+
+#endif  // FABRIC_CHECKPOINT_FILE_READER_H_

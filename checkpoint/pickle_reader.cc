@@ -1,0 +1,727 @@
+#include "checkpoint/pickle_reader.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/absl_view.h"
+#include "base/status_macros.h"
+#include "checkpoint/little_endian.h"
+#include "checkpoint/pickle_calls.h"
+#include "checkpoint/pickle_text.h"
+
+namespace fabric::pickle {
+namespace {
+
+// Normalizes Python 2 module names as Python 3's unpickler does (fix_imports).
+std::string FixModule(std::string module) {
+  if (module == "__builtin__") return "builtins";
+  if (module == "copy_reg") return "copyreg";
+  return module;
+}
+
+class Reader {
+ public:
+  Reader(std::string_view data, std::string_view what, const UnpickleOptions& options)
+      : data_(data), what_(what), options_(options) {}
+
+  absl::StatusOr<Value> Run() {
+    while (true) {
+      op_pos_ = pos_;
+      if (pos_ >= data_.size()) return Error("truncated data: no STOP opcode");
+      const uint8_t op = static_cast<uint8_t>(data_[pos_++]);
+      if (op == STOP) {
+        Value result;
+        FABRIC_RETURN_IF_ERROR(Pop(&result));
+        FABRIC_RETURN_IF_ERROR(CheckDepth(result));
+        return result;
+      }
+      FABRIC_RETURN_IF_ERROR(Step(op));
+    }
+  }
+
+ private:
+  // ---- errors and input ---------------------------------------------------
+
+  // An error of the text or call helpers, located like the reader's own.
+  template <typename T>
+  absl::StatusOr<T> At(absl::StatusOr<T> result) const {
+    if (result.ok()) return result;
+    return Error(result.status().message());
+  }
+
+  absl::Status Error(absl::string_view message) const {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what_, ": bad pickle: ", message, " (opcode at byte ", op_pos_, ")"));
+  }
+
+  absl::Status Truncated() const { return Error("truncated data"); }
+
+  absl::Status Take(uint64_t n, std::string_view* out) {
+    if (n > data_.size() - pos_) return Truncated();
+    *out = data_.substr(pos_, static_cast<size_t>(n));
+    pos_ += static_cast<size_t>(n);
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadLE(int n, uint64_t* out) {
+    std::string_view b;
+    FABRIC_RETURN_IF_ERROR(Take(static_cast<uint64_t>(n), &b));
+    *out = 0;
+    for (int i = n - 1; i >= 0; --i) *out = (*out << 8) | static_cast<uint8_t>(b[i]);
+    return absl::OkStatus();
+  }
+
+  // A text argument up to (not including) the next newline.
+  absl::Status Line(std::string_view* out) {
+    const size_t nl = data_.find('\n', pos_);
+    if (nl == std::string_view::npos) return Truncated();
+    *out = data_.substr(pos_, nl - pos_);
+    pos_ = nl + 1;
+    return absl::OkStatus();
+  }
+
+  // ---- stack ----------------------------------------------------------------
+
+  // Items below the innermost MARK are out of reach until it is popped, as in
+  // Python's unpickler.
+  size_t Base() const { return marks_.empty() ? 0 : marks_.back(); }
+
+  absl::Status Pop(Value* out) {
+    if (stack_.size() <= Base()) return Error("stack underflow");
+    *out = std::move(stack_.back());
+    stack_.pop_back();
+    return absl::OkStatus();
+  }
+
+  absl::Status Top(Value** out) {
+    if (stack_.size() <= Base()) return Error("stack underflow");
+    *out = &stack_.back();
+    return absl::OkStatus();
+  }
+
+  absl::Status PopMark(std::vector<Value>* items) {
+    if (marks_.empty()) return Error("no MARK on the stack");
+    const size_t mark = marks_.back();
+    marks_.pop_back();
+    items->assign(std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(mark)),
+                  std::make_move_iterator(stack_.end()));
+    stack_.resize(mark);
+    return absl::OkStatus();
+  }
+
+  void Push(Value v) { stack_.push_back(std::move(v)); }
+
+  absl::Status MemoGet(uint64_t index) {
+    auto it = memo_.find(index);
+    if (it == memo_.end()) return Error(absl::StrCat("memo key ", index, " is not defined"));
+    Push(it->second);
+    return absl::OkStatus();
+  }
+
+  absl::Status MemoPut(uint64_t index) {
+    Value* top = nullptr;
+    FABRIC_RETURN_IF_ERROR(Top(&top));
+    memo_[index] = *top;
+    return absl::OkStatus();
+  }
+
+  // ---- numbers from text ----------------------------------------------------
+
+  absl::Status ParseIntLine(std::string_view line, bool is_long, Value* out) {
+    if (is_long && !line.empty() && line.back() == 'L') line.remove_suffix(1);
+    if (!is_long && line == "00") {
+      *out = Value(false);
+      return absl::OkStatus();
+    }
+    if (!is_long && line == "01") {
+      *out = Value(true);
+      return absl::OkStatus();
+    }
+    int64_t v;
+    if (!absl::SimpleAtoi(AbslView(line), &v)) {
+      return Error(absl::StrCat("integer '", AbslView(line.substr(0, 40)),
+                                "' is malformed or does not fit in 64 bits"));
+    }
+    *out = Value(v);
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseMemoIndex(std::string_view line, uint64_t* index) {
+    if (!absl::SimpleAtoi(AbslView(line), index)) return Error("bad memo index");
+    return absl::OkStatus();
+  }
+
+  // LONG1/LONG4: little-endian two's complement that must fit in int64.
+  absl::Status ReadLong(uint64_t n, Value* out) {
+    std::string_view b;
+    FABRIC_RETURN_IF_ERROR(Take(n, &b));
+    if (n == 0) {
+      *out = Value(int64_t{0});
+      return absl::OkStatus();
+    }
+    const bool negative = static_cast<uint8_t>(b[n - 1]) & 0x80;
+    const uint8_t fill = negative ? 0xff : 0x00;
+    for (size_t i = 8; i < n; ++i) {
+      if (static_cast<uint8_t>(b[i]) != fill) return Error("integer does not fit in 64 bits");
+    }
+    if (n > 8 && ((static_cast<uint8_t>(b[7]) & 0x80) != 0) != negative) {
+      return Error("integer does not fit in 64 bits");
+    }
+    uint64_t u = negative ? ~uint64_t{0} : 0;
+    const size_t used = std::min<uint64_t>(n, 8);
+    for (size_t i = 0; i < used; ++i) {
+      u &= ~(uint64_t{0xff} << (8 * i));
+      u |= uint64_t{static_cast<uint8_t>(b[i])} << (8 * i);
+    }
+    *out = Value(static_cast<int64_t>(u));
+    return absl::OkStatus();
+  }
+
+  // ---- text strings (protocol 0) --------------------------------------------
+
+  // STRING's argument: a quoted Python 2 str literal.
+  absl::Status DecodeQuoted(std::string_view line, std::string* out) {
+    if (line.size() < 2 || (line.front() != '\'' && line.front() != '"') ||
+        line.back() != line.front()) {
+      return Error("STRING argument is not quoted");
+    }
+    line = line.substr(1, line.size() - 2);
+    out->clear();
+    for (size_t i = 0; i < line.size(); ++i) {
+      if (line[i] != '\\') {
+        out->push_back(line[i]);
+        continue;
+      }
+      if (++i >= line.size()) return Error("bad escape in STRING");
+      const char c = line[i];
+      switch (c) {
+        case 'n': out->push_back('\n'); break;
+        case 'r': out->push_back('\r'); break;
+        case 't': out->push_back('\t'); break;
+        case 'a': out->push_back('\a'); break;
+        case 'b': out->push_back('\b'); break;
+        case 'f': out->push_back('\f'); break;
+        case 'v': out->push_back('\v'); break;
+        case '\\': case '\'': case '"': out->push_back(c); break;
+        case 'x': {
+          uint32_t v;
+          if (line.size() - i < 3 || !ParseHex(line.substr(i + 1, 2), &v)) {
+            return Error("bad \\x escape in STRING");
+          }
+          out->push_back(static_cast<char>(v));
+          i += 2;
+          break;
+        }
+        default:
+          if (c >= '0' && c <= '7') {
+            uint32_t v = 0;
+            size_t k = 0;
+            while (k < 3 && i + k < line.size() && line[i + k] >= '0' && line[i + k] <= '7') {
+              v = v * 8 + static_cast<uint32_t>(line[i + k] - '0');
+              ++k;
+            }
+            out->push_back(static_cast<char>(v & 0xff));
+            i += k - 1;
+          } else {
+            out->push_back('\\');
+            out->push_back(c);
+          }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // UNICODE's argument: raw-unicode-escape (Latin-1 plus \uXXXX, \UXXXXXXXX).
+  absl::Status DecodeRawUnicode(std::string_view line, std::string* out) {
+    out->clear();
+    for (size_t i = 0; i < line.size(); ++i) {
+      const char c = line[i];
+      if (c == '\\' && i + 1 < line.size() && (line[i + 1] == 'u' || line[i + 1] == 'U')) {
+        const size_t digits = line[i + 1] == 'u' ? 4 : 8;
+        uint32_t cp;
+        if (line.size() - i - 2 < digits || !ParseHex(line.substr(i + 2, digits), &cp) ||
+            cp > 0x10ffff) {
+          return Error("bad \\u escape in UNICODE");
+        }
+        AppendUtf8(cp, out);
+        i += 1 + digits;
+      } else {
+        AppendUtf8(static_cast<uint8_t>(c), out);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // ---- calls ------------------------------------------------------------------
+
+  // ---- containers -------------------------------------------------------------
+
+  absl::Status Append(Value* target, std::vector<Value> items) {
+    if (target->is_list()) {
+      std::vector<Value>& list = target->items();
+      for (Value& v : items) list.push_back(std::move(v));
+      return absl::OkStatus();
+    }
+    if (target->is_object()) {
+      Object& o = target->as_object();
+      if (!o.list_items) o.list_items = std::make_shared<std::vector<Value>>();
+      for (Value& v : items) o.list_items->push_back(std::move(v));
+      return absl::OkStatus();
+    }
+    return Error(absl::StrCat("cannot append to a ", target->kind_name()));
+  }
+
+  absl::Status SetItems(Value* target, std::vector<Value> kv) {
+    if (kv.size() % 2 != 0) return Error("odd number of items for SETITEMS");
+    if (target->is_dict()) {
+      Dict& d = target->as_dict();
+      for (size_t i = 0; i < kv.size(); i += 2) d.Set(std::move(kv[i]), std::move(kv[i + 1]));
+      return absl::OkStatus();
+    }
+    if (target->is_object()) {
+      Object& o = target->as_object();
+      if (!o.dict_items) o.dict_items = std::make_shared<std::vector<std::pair<Value, Value>>>();
+      for (size_t i = 0; i < kv.size(); i += 2) {
+        o.dict_items->emplace_back(std::move(kv[i]), std::move(kv[i + 1]));
+      }
+      return absl::OkStatus();
+    }
+    return Error(absl::StrCat("cannot set items on a ", target->kind_name()));
+  }
+
+  absl::Status MakeTuple(size_t n) {
+    if (stack_.size() - Base() < n) return Error("stack underflow");
+    std::vector<Value> items(std::make_move_iterator(stack_.end() - static_cast<std::ptrdiff_t>(n)),
+                             std::make_move_iterator(stack_.end()));
+    stack_.resize(stack_.size() - n);
+    Push(Value::Tuple(std::move(items)));
+    return absl::OkStatus();
+  }
+
+  absl::Status PushString(std::string_view s) {
+    Push(Value(std::string(s)));
+    return absl::OkStatus();
+  }
+
+  absl::Status PushGlobal(std::string module, std::string name) {
+    Push(Value(Global{FixModule(std::move(module)), std::move(name)}));
+    return absl::OkStatus();
+  }
+
+  absl::Status PushPersistentId(Value pid) {
+    Object o;
+    o.callable = PersistentIdCallable();
+    o.args->push_back(std::move(pid));
+    Push(Value(std::move(o)));
+    return absl::OkStatus();
+  }
+
+  // ---- one opcode ---------------------------------------------------------------
+
+  absl::Status Step(uint8_t op) {
+    uint64_t u = 0;
+    std::string_view text;
+    switch (op) {
+      case PROTO:
+        FABRIC_RETURN_IF_ERROR(ReadLE(1, &u));
+        if (u > 5) return Error(absl::StrCat("unsupported pickle protocol ", u));
+        return absl::OkStatus();
+      case FRAME:
+        // Frames only group opcodes for buffered reading; check and go on.
+        FABRIC_RETURN_IF_ERROR(ReadLE(8, &u));
+        if (u > data_.size() - pos_) return Truncated();
+        return absl::OkStatus();
+      case MARK:
+        marks_.push_back(stack_.size());
+        return absl::OkStatus();
+      case POP:
+        if (stack_.size() > Base()) {
+          stack_.pop_back();
+        } else if (!marks_.empty()) {
+          marks_.pop_back();  // Python pops the mark when no item is above it
+        } else {
+          return Error("stack underflow");
+        }
+        return absl::OkStatus();
+      case POP_MARK: {
+        std::vector<Value> items;
+        return PopMark(&items);
+      }
+      case DUP: {
+        Value* top = nullptr;
+        FABRIC_RETURN_IF_ERROR(Top(&top));
+        Push(*top);
+        return absl::OkStatus();
+      }
+
+      // Scalars.
+      case NONE: Push(Value()); return absl::OkStatus();
+      case NEWTRUE: Push(Value(true)); return absl::OkStatus();
+      case NEWFALSE: Push(Value(false)); return absl::OkStatus();
+      case BININT1:
+        FABRIC_RETURN_IF_ERROR(ReadLE(1, &u));
+        Push(Value(static_cast<int64_t>(u)));
+        return absl::OkStatus();
+      case BININT2:
+        FABRIC_RETURN_IF_ERROR(ReadLE(2, &u));
+        Push(Value(static_cast<int64_t>(u)));
+        return absl::OkStatus();
+      case BININT:
+        FABRIC_RETURN_IF_ERROR(ReadLE(4, &u));
+        Push(Value(static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(u)))));
+        return absl::OkStatus();
+      case LONG1: {
+        FABRIC_RETURN_IF_ERROR(ReadLE(1, &u));
+        Value v;
+        FABRIC_RETURN_IF_ERROR(ReadLong(u, &v));
+        Push(std::move(v));
+        return absl::OkStatus();
+      }
+      case LONG4: {
+        FABRIC_RETURN_IF_ERROR(ReadLE(4, &u));
+        if (static_cast<int32_t>(static_cast<uint32_t>(u)) < 0) return Error("negative LONG4 size");
+        Value v;
+        FABRIC_RETURN_IF_ERROR(ReadLong(u, &v));
+        Push(std::move(v));
+        return absl::OkStatus();
+      }
+      case INT:
+      case LONG: {
+        FABRIC_RETURN_IF_ERROR(Line(&text));
+        Value v;
+        FABRIC_RETURN_IF_ERROR(ParseIntLine(text, op == LONG, &v));
+        Push(std::move(v));
+        return absl::OkStatus();
+      }
+      case BINFLOAT: {
+        std::string_view b;
+        FABRIC_RETURN_IF_ERROR(Take(8, &b));
+        uint64_t bits = 0;
+        for (int i = 0; i < 8; ++i) bits = (bits << 8) | static_cast<uint8_t>(b[i]);
+        double d;
+        std::memcpy(&d, &bits, sizeof(d));
+        Push(Value(d));
+        return absl::OkStatus();
+      }
+      case FLOAT: {
+        FABRIC_RETURN_IF_ERROR(Line(&text));
+        const std::string str(text);
+        char* end = nullptr;
+        const double d = std::strtod(str.c_str(), &end);
+        if (str.empty() || end != str.c_str() + str.size()) return Error("malformed FLOAT");
+        Push(Value(d));
+        return absl::OkStatus();
+      }
+
+      // Strings and bytes.
+      case SHORT_BINUNICODE:
+      case BINUNICODE:
+      case BINUNICODE8:
+        FABRIC_RETURN_IF_ERROR(ReadLE(op == SHORT_BINUNICODE ? 1 : op == BINUNICODE ? 4 : 8, &u));
+        FABRIC_RETURN_IF_ERROR(Take(u, &text));
+        return PushString(text);
+      case SHORT_BINSTRING:
+      case BINSTRING:
+        FABRIC_RETURN_IF_ERROR(ReadLE(op == SHORT_BINSTRING ? 1 : 4, &u));
+        if (op == BINSTRING && static_cast<int32_t>(static_cast<uint32_t>(u)) < 0) {
+          return Error("negative BINSTRING size");
+        }
+        FABRIC_RETURN_IF_ERROR(Take(u, &text));
+        return PushString(text);  // a Python 2 str: taken as text
+      case STRING: {
+        FABRIC_RETURN_IF_ERROR(Line(&text));
+        FABRIC_ASSIGN_OR_RETURN(const std::string str, At(DecodePythonStringLiteral(text)));
+        return PushString(str);
+      }
+      case UNICODE: {
+        FABRIC_RETURN_IF_ERROR(Line(&text));
+        FABRIC_ASSIGN_OR_RETURN(const std::string str, At(DecodeRawUnicodeEscape(text)));
+        return PushString(str);
+      }
+      case SHORT_BINBYTES:
+      case BINBYTES:
+      case BINBYTES8:
+      case BYTEARRAY8:
+        FABRIC_RETURN_IF_ERROR(ReadLE(op == SHORT_BINBYTES ? 1 : op == BINBYTES ? 4 : 8, &u));
+        FABRIC_RETURN_IF_ERROR(Take(u, &text));
+        Push(Value::Bytes(std::string(text)));
+        return absl::OkStatus();
+
+      // Tuples, lists, dicts, sets.
+      case EMPTY_TUPLE: Push(Value::Tuple()); return absl::OkStatus();
+      case TUPLE1: return MakeTuple(1);
+      case TUPLE2: return MakeTuple(2);
+      case TUPLE3: return MakeTuple(3);
+      case TUPLE: {
+        std::vector<Value> items;
+        FABRIC_RETURN_IF_ERROR(PopMark(&items));
+        Push(Value::Tuple(std::move(items)));
+        return absl::OkStatus();
+      }
+      case EMPTY_LIST: Push(Value::List()); return absl::OkStatus();
+      case LIST:
+      case FROZENSET: {  // sets load as lists
+        std::vector<Value> items;
+        FABRIC_RETURN_IF_ERROR(PopMark(&items));
+        Push(Value::List(std::move(items)));
+        return absl::OkStatus();
+      }
+      case EMPTY_SET: Push(Value::List()); return absl::OkStatus();
+      case APPEND: {
+        Value item;
+        Value* target = nullptr;
+        FABRIC_RETURN_IF_ERROR(Pop(&item));
+        FABRIC_RETURN_IF_ERROR(Top(&target));
+        std::vector<Value> items;
+        items.push_back(std::move(item));
+        return Append(target, std::move(items));
+      }
+      case APPENDS:
+      case ADDITEMS: {
+        std::vector<Value> items;
+        Value* target = nullptr;
+        FABRIC_RETURN_IF_ERROR(PopMark(&items));
+        FABRIC_RETURN_IF_ERROR(Top(&target));
+        return Append(target, std::move(items));
+      }
+      case EMPTY_DICT: Push(Value::MakeDict()); return absl::OkStatus();
+      case DICT: {
+        std::vector<Value> kv;
+        FABRIC_RETURN_IF_ERROR(PopMark(&kv));
+        Value d = Value::MakeDict();
+        FABRIC_RETURN_IF_ERROR(SetItems(&d, std::move(kv)));
+        Push(std::move(d));
+        return absl::OkStatus();
+      }
+      case SETITEM: {
+        std::vector<Value> kv(2);
+        Value* target = nullptr;
+        FABRIC_RETURN_IF_ERROR(Pop(&kv[1]));
+        FABRIC_RETURN_IF_ERROR(Pop(&kv[0]));
+        FABRIC_RETURN_IF_ERROR(Top(&target));
+        return SetItems(target, std::move(kv));
+      }
+      case SETITEMS: {
+        std::vector<Value> kv;
+        Value* target = nullptr;
+        FABRIC_RETURN_IF_ERROR(PopMark(&kv));
+        FABRIC_RETURN_IF_ERROR(Top(&target));
+        return SetItems(target, std::move(kv));
+      }
+
+      // Memo.
+      case BINGET:
+      case LONG_BINGET:
+        FABRIC_RETURN_IF_ERROR(ReadLE(op == BINGET ? 1 : 4, &u));
+        return MemoGet(u);
+      case GET:
+        FABRIC_RETURN_IF_ERROR(Line(&text));
+        FABRIC_RETURN_IF_ERROR(ParseMemoIndex(text, &u));
+        return MemoGet(u);
+      case BINPUT:
+      case LONG_BINPUT:
+        FABRIC_RETURN_IF_ERROR(ReadLE(op == BINPUT ? 1 : 4, &u));
+        return MemoPut(u);
+      case PUT:
+        FABRIC_RETURN_IF_ERROR(Line(&text));
+        FABRIC_RETURN_IF_ERROR(ParseMemoIndex(text, &u));
+        return MemoPut(u);
+      case MEMOIZE:
+        return MemoPut(memo_.size());
+
+      // Globals, calls, objects.
+      case GLOBAL: {
+        std::string_view module, name;
+        FABRIC_RETURN_IF_ERROR(Line(&module));
+        FABRIC_RETURN_IF_ERROR(Line(&name));
+        return PushGlobal(std::string(module), std::string(name));
+      }
+      case STACK_GLOBAL: {
+        Value module, name;
+        FABRIC_RETURN_IF_ERROR(Pop(&name));
+        FABRIC_RETURN_IF_ERROR(Pop(&module));
+        if (!module.is_string() || !name.is_string()) {
+          return Error("STACK_GLOBAL needs two strings");
+        }
+        return PushGlobal(module.as_string(), name.as_string());
+      }
+      case REDUCE:
+      case NEWOBJ: {
+        Value args, callable;
+        FABRIC_RETURN_IF_ERROR(Pop(&args));
+        FABRIC_RETURN_IF_ERROR(Pop(&callable));
+        if (!args.is_tuple()) return Error("call arguments are not a tuple");
+        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(callable, args.items(), op == NEWOBJ)));
+        Push(std::move(result));
+        return absl::OkStatus();
+      }
+      case NEWOBJ_EX: {
+        Value kwargs, args, cls;
+        FABRIC_RETURN_IF_ERROR(Pop(&kwargs));
+        FABRIC_RETURN_IF_ERROR(Pop(&args));
+        FABRIC_RETURN_IF_ERROR(Pop(&cls));
+        if (!args.is_tuple() || !kwargs.is_dict()) return Error("malformed NEWOBJ_EX");
+        if (!kwargs.as_dict().empty()) return Error("NEWOBJ_EX with keyword arguments");
+        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(cls, args.items(), true)));
+        Push(std::move(result));
+        return absl::OkStatus();
+      }
+      case INST: {
+        std::string_view module, name;
+        FABRIC_RETURN_IF_ERROR(Line(&module));
+        FABRIC_RETURN_IF_ERROR(Line(&name));
+        std::vector<Value> args;
+        FABRIC_RETURN_IF_ERROR(PopMark(&args));
+        const Value cls(Global{FixModule(std::string(module)), std::string(name)});
+        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(cls, std::move(args), false)));
+        Push(std::move(result));
+        return absl::OkStatus();
+      }
+      case OBJ: {
+        std::vector<Value> items;
+        FABRIC_RETURN_IF_ERROR(PopMark(&items));
+        if (items.empty()) return Error("OBJ without a class");
+        const Value cls = items[0];
+        items.erase(items.begin());
+        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(cls, std::move(items), false)));
+        Push(std::move(result));
+        return absl::OkStatus();
+      }
+      case BUILD: {
+        Value state;
+        Value* target = nullptr;
+        FABRIC_RETURN_IF_ERROR(Pop(&state));
+        FABRIC_RETURN_IF_ERROR(Top(&target));
+        // Objects keep their state; for what we interpret (OrderedDict's
+        // _metadata, a tensor subclass's attributes) it is dropped.
+        if (target->is_object()) {
+          target->as_object().state = std::make_shared<Value>(std::move(state));
+        }
+        return absl::OkStatus();
+      }
+      case BINPERSID: {
+        Value pid;
+        FABRIC_RETURN_IF_ERROR(Pop(&pid));
+        return PushPersistentId(std::move(pid));
+      }
+      case PERSID:
+        FABRIC_RETURN_IF_ERROR(Line(&text));
+        return PushPersistentId(Value(std::string(text)));
+
+      case EXT1:
+      case EXT2:
+      case EXT4:
+        return Error("extension registry opcodes (EXT1/2/4) are not supported");
+      case NEXT_BUFFER:
+        return Error("out-of-band buffers (NEXT_BUFFER) are not supported");
+      case READONLY_BUFFER:
+        return absl::OkStatus();
+      default:
+        return Error(absl::StrFormat("unknown opcode 0x%02x", op));
+    }
+  }
+
+  // ---- result checks ------------------------------------------------------------
+
+  // Height of `v` (0 for leaves), failing beyond max_depth or on a cycle, so
+  // that every recursive walk of the result is bounded. Shared subtrees are
+  // measured once.
+  absl::Status Height(const Value& v, int depth, int* height) {
+    *height = 0;
+    const void* key = nullptr;
+    if (v.is_sequence()) key = &v.items();
+    else if (v.is_dict()) key = &v.as_dict();
+    else if (v.is_object()) key = &v.as_object();
+    else return absl::OkStatus();
+    if (depth > options_.max_depth) return TooDeep();
+    auto [it, inserted] = heights_.emplace(key, -1);
+    if (!inserted) {
+      if (it->second < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(what_, ": bad pickle: the result contains a reference cycle"));
+      }
+      if (depth + it->second > options_.max_depth) return TooDeep();
+      *height = it->second;
+      return absl::OkStatus();
+    }
+    int h = 0;
+    auto visit = [&](const Value& child) {
+      int ch;
+      absl::Status s = Height(child, depth + 1, &ch);
+      h = std::max(h, ch + 1);
+      return s;
+    };
+    if (v.is_sequence()) {
+      for (const Value& c : v.items()) {
+        FABRIC_RETURN_IF_ERROR(visit(c));
+      }
+    } else if (v.is_dict()) {
+      for (const auto& [k, val] : v.as_dict()) {
+        FABRIC_RETURN_IF_ERROR(visit(k));
+        FABRIC_RETURN_IF_ERROR(visit(val));
+      }
+    } else {
+      const Object& o = v.as_object();
+      if (o.args) {
+        for (const Value& c : *o.args) {
+          FABRIC_RETURN_IF_ERROR(visit(c));
+        }
+      }
+      if (o.list_items) {
+        for (const Value& c : *o.list_items) {
+          FABRIC_RETURN_IF_ERROR(visit(c));
+        }
+      }
+      if (o.dict_items) {
+        for (const auto& [k, val] : *o.dict_items) {
+          FABRIC_RETURN_IF_ERROR(visit(k));
+          FABRIC_RETURN_IF_ERROR(visit(val));
+        }
+      }
+      if (o.state) {
+        FABRIC_RETURN_IF_ERROR(visit(*o.state));
+      }
+    }
+    heights_[key] = h;
+    *height = h;
+    return absl::OkStatus();
+  }
+
+  absl::Status TooDeep() const {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what_, ": bad pickle: the result is nested deeper than ", options_.max_depth,
+        " levels"));
+  }
+
+  absl::Status CheckDepth(const Value& v) {
+    int h;
+    return Height(v, 0, &h);
+  }
+
+  std::string_view data_;
+  std::string what_;
+  const UnpickleOptions& options_;
+  size_t pos_ = 0;
+  size_t op_pos_ = 0;
+  std::vector<Value> stack_;
+  std::vector<size_t> marks_;
+  absl::flat_hash_map<uint64_t, Value> memo_;
+  absl::flat_hash_map<const void*, int> heights_;
+};
+
+}  // namespace
+
+absl::StatusOr<Value> Unpickle(std::string_view bytes, std::string_view what,
+                               const UnpickleOptions& options) {
+  return Reader(bytes, what, options).Run();
+}
+
+}  // namespace fabric::pickle
