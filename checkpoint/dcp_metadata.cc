@@ -105,13 +105,12 @@ absl::StatusOr<Value> StorageMetadataToValue(const StorageMetadata& md) {
     return Dataclass(kMetadataModule, "BytesStorageMetadata", std::nullopt);
   }
   const auto& t = std::get<TensorStorageMetadata>(md);
-  absl::StatusOr<Value> props = PropertiesToValue(t.properties);
-  if (!props.ok()) return props.status();
+  FABRIC_ASSIGN_OR_RETURN(Value props, PropertiesToValue(t.properties));
   std::vector<Value> chunks;
   chunks.reserve(t.chunks.size());
   for (const auto& c : t.chunks) chunks.push_back(ChunkToValue(c));
   Value state = NewDict();
-  Append(state, "properties", *std::move(props));
+  Append(state, "properties", std::move(props));
   Append(state, "size", TorchSize(t.size));
   Append(state, "chunks", Value::List(std::move(chunks)));
   return Dataclass(kMetadataModule, "TensorStorageMetadata", std::move(state));
@@ -288,66 +287,53 @@ class Parser {
         return Error(where, absl::StrCat("TensorProperties state has ", t.size(),
                                          " fields, expected 5"));
       }
-      absl::StatusOr<at::ScalarType> dtype = Dtype(t[0], where);
-      if (!dtype.ok()) return dtype.status();
-      absl::StatusOr<std::string> layout = Layout(t[1], where);
-      if (!layout.ok()) return layout.status();
-      absl::StatusOr<bool> grad = Bool(t[2], where);
-      if (!grad.ok()) return grad.status();
-      absl::StatusOr<MemoryFormat> mf = MemFormat(t[3], where);
-      if (!mf.ok()) return mf.status();
-      absl::StatusOr<bool> pin = Bool(t[4], where);
-      if (!pin.ok()) return pin.status();
-      p.dtype = *dtype;
-      p.layout = *std::move(layout);
-      p.requires_grad = *grad;
-      p.memory_format = *mf;
-      p.pin_memory = *pin;
+      FABRIC_ASSIGN_OR_RETURN(at::ScalarType dtype, Dtype(t[0], where));
+      FABRIC_ASSIGN_OR_RETURN(std::string layout, Layout(t[1], where));
+      FABRIC_ASSIGN_OR_RETURN(bool grad, Bool(t[2], where));
+      FABRIC_ASSIGN_OR_RETURN(MemoryFormat mf, MemFormat(t[3], where));
+      FABRIC_ASSIGN_OR_RETURN(bool pin, Bool(t[4], where));
+      p.dtype = dtype;
+      p.layout = std::move(layout);
+      p.requires_grad = grad;
+      p.memory_format = mf;
+      p.pin_memory = pin;
       return p;
     }
     // Older torch pickled the instance dict.
-    absl::StatusOr<const Dict*> d = DataclassState(v, "TensorProperties", where);
-    if (!d.ok()) return d.status();
-    const Value* dtype = (*d)->Find("dtype");
+    FABRIC_ASSIGN_OR_RETURN(const Dict* d, DataclassState(v, "TensorProperties", where));
+    const Value* dtype = d->Find("dtype");
     if (!dtype) return Error(where, "TensorProperties has no dtype");
-    absl::StatusOr<at::ScalarType> dt = Dtype(*dtype, where);
-    if (!dt.ok()) return dt.status();
-    p.dtype = *dt;
-    if (const Value* l = (*d)->Find("layout")) {
-      absl::StatusOr<std::string> layout = Layout(*l, where);
-      if (!layout.ok()) return layout.status();
-      p.layout = *std::move(layout);
+    FABRIC_ASSIGN_OR_RETURN(at::ScalarType dt, Dtype(*dtype, where));
+    p.dtype = dt;
+    if (const Value* l = d->Find("layout")) {
+      FABRIC_ASSIGN_OR_RETURN(std::string layout, Layout(*l, where));
+      p.layout = std::move(layout);
     }
-    if (const Value* g = (*d)->Find("requires_grad")) {
-      absl::StatusOr<bool> b = Bool(*g, where);
-      if (!b.ok()) return b.status();
-      p.requires_grad = *b;
+    if (const Value* g = d->Find("requires_grad")) {
+      FABRIC_ASSIGN_OR_RETURN(bool b, Bool(*g, where));
+      p.requires_grad = b;
     }
-    if (const Value* pin = (*d)->Find("pin_memory")) {
-      absl::StatusOr<bool> b = Bool(*pin, where);
-      if (!b.ok()) return b.status();
-      p.pin_memory = *b;
+    if (const Value* pin = d->Find("pin_memory")) {
+      FABRIC_ASSIGN_OR_RETURN(bool b, Bool(*pin, where));
+      p.pin_memory = b;
     }
     return p;
   }
 
   absl::StatusOr<ChunkStorageMetadata> Chunk(const Value& v, const std::string& where) const {
-    absl::StatusOr<const Dict*> d = DataclassState(v, "ChunkStorageMetadata", where);
-    if (!d.ok()) return d.status();
-    const Value* offsets = (*d)->Find("offsets");
-    const Value* sizes = (*d)->Find("sizes");
+    FABRIC_ASSIGN_OR_RETURN(const Dict* d, DataclassState(v, "ChunkStorageMetadata", where));
+    const Value* offsets = d->Find("offsets");
+    const Value* sizes = d->Find("sizes");
     if (!offsets || !sizes) return Error(where, "chunk without offsets or sizes");
     ChunkStorageMetadata c;
-    absl::StatusOr<std::vector<int64_t>> o = IntList(*offsets, where);
-    if (!o.ok()) return o.status();
-    absl::StatusOr<std::vector<int64_t>> s = IntList(*sizes, where);
-    if (!s.ok()) return s.status();
-    if (o->size() != s->size()) return Error(where, "chunk offsets and sizes differ in rank");
-    for (int64_t x : *s) {
+    FABRIC_ASSIGN_OR_RETURN(std::vector<int64_t> o, IntList(*offsets, where));
+    FABRIC_ASSIGN_OR_RETURN(std::vector<int64_t> s, IntList(*sizes, where));
+    if (o.size() != s.size()) return Error(where, "chunk offsets and sizes differ in rank");
+    for (int64_t x : s) {
       if (x < 0) return Error(where, "chunk with a negative size");
     }
-    c.offsets = *std::move(o);
-    c.sizes = *std::move(s);
+    c.offsets = std::move(o);
+    c.sizes = std::move(s);
     return c;
   }
 
@@ -359,51 +345,45 @@ class Parser {
     }
     const std::string& cls = v.as_object().callable.name;
     if (cls == "BytesStorageMetadata") return StorageMetadata(BytesStorageMetadata{});
-    absl::StatusOr<const Dict*> d = DataclassState(v, "TensorStorageMetadata", where);
-    if (!d.ok()) return d.status();
+    FABRIC_ASSIGN_OR_RETURN(const Dict* d, DataclassState(v, "TensorStorageMetadata", where));
     TensorStorageMetadata t;
-    const Value* props = (*d)->Find("properties");
-    const Value* size = (*d)->Find("size");
-    const Value* chunks = (*d)->Find("chunks");
+    const Value* props = d->Find("properties");
+    const Value* size = d->Find("size");
+    const Value* chunks = d->Find("chunks");
     if (!props || !size || !chunks) {
       return Error(where, "TensorStorageMetadata needs properties, size and chunks");
     }
-    absl::StatusOr<TensorProperties> p = Properties(*props, where);
-    if (!p.ok()) return p.status();
-    t.properties = *std::move(p);
-    absl::StatusOr<std::vector<int64_t>> s = IntList(*size, where);
-    if (!s.ok()) return s.status();
-    t.size = *std::move(s);
+    FABRIC_ASSIGN_OR_RETURN(TensorProperties p, Properties(*props, where));
+    t.properties = std::move(p);
+    FABRIC_ASSIGN_OR_RETURN(std::vector<int64_t> s, IntList(*size, where));
+    t.size = std::move(s);
     for (int64_t x : t.size) {
       if (x < 0) return Error(where, "negative tensor size");
     }
     if (!chunks->is_sequence()) return Error(where, "chunks is not a list");
     for (const Value& c : chunks->items()) {
-      absl::StatusOr<ChunkStorageMetadata> chunk = Chunk(c, where);
-      if (!chunk.ok()) return chunk.status();
-      if (chunk->offsets.size() != t.size.size()) {
-        return Error(where, absl::StrCat("a chunk has rank ", chunk->offsets.size(),
+      FABRIC_ASSIGN_OR_RETURN(ChunkStorageMetadata chunk, Chunk(c, where));
+      if (chunk.offsets.size() != t.size.size()) {
+        return Error(where, absl::StrCat("a chunk has rank ", chunk.offsets.size(),
                                          " but the tensor has rank ", t.size.size()));
       }
-      t.chunks.push_back(*std::move(chunk));
+      t.chunks.push_back(std::move(chunk));
     }
     return StorageMetadata(std::move(t));
   }
 
   absl::StatusOr<MetadataIndex> Index(const Value& v) const {
-    absl::StatusOr<const Dict*> d = DataclassState(v, "MetadataIndex", "storage_data key");
-    if (!d.ok()) return d.status();
+    FABRIC_ASSIGN_OR_RETURN(const Dict* d, DataclassState(v, "MetadataIndex", "storage_data key"));
     MetadataIndex index;
-    const Value* fqn = (*d)->Find("fqn");
+    const Value* fqn = d->Find("fqn");
     if (!fqn || !fqn->is_string()) return Error("storage_data key", "MetadataIndex without fqn");
     index.fqn = fqn->as_string();
     const std::string where = absl::StrCat("storage_data['", index.fqn, "']");
-    if (const Value* off = (*d)->Find("offset"); off && !off->is_none()) {
-      absl::StatusOr<std::vector<int64_t>> o = IntList(*off, where);
-      if (!o.ok()) return o.status();
-      index.offset = *std::move(o);
+    if (const Value* off = d->Find("offset"); off && !off->is_none()) {
+      FABRIC_ASSIGN_OR_RETURN(std::vector<int64_t> o, IntList(*off, where));
+      index.offset = std::move(o);
     }
-    if (const Value* i = (*d)->Find("index"); i && !i->is_none()) {
+    if (const Value* i = d->Find("index"); i && !i->is_none()) {
       if (!i->is_int()) return Error(where, "MetadataIndex.index is not an int");
       index.index = i->as_int();
     }
@@ -412,20 +392,17 @@ class Parser {
 
   absl::StatusOr<StorageInfo> Info(const Value& v, const std::string& fqn) const {
     const std::string where = absl::StrCat("storage_data['", fqn, "']");
-    absl::StatusOr<const Dict*> d = DataclassState(v, "_StorageInfo", where);
-    if (!d.ok()) return d.status();
+    FABRIC_ASSIGN_OR_RETURN(const Dict* d, DataclassState(v, "_StorageInfo", where));
     StorageInfo info;
-    const Value* path = (*d)->Find("relative_path");
+    const Value* path = d->Find("relative_path");
     if (!path || !path->is_string()) return Error(where, "_StorageInfo without relative_path");
     info.relative_path = path->as_string();
-    absl::StatusOr<int64_t> offset = Int(**d, "offset", where);
-    if (!offset.ok()) return offset.status();
-    absl::StatusOr<int64_t> length = Int(**d, "length", where);
-    if (!length.ok()) return length.status();
-    if (*offset < 0 || *length < 0) return Error(where, "negative offset or length");
-    info.offset = *offset;
-    info.length = *length;
-    if (const Value* t = (*d)->Find("transform_descriptors"); t && !t->is_none()) {
+    FABRIC_ASSIGN_OR_RETURN(int64_t offset, Int(*d, "offset", where));
+    FABRIC_ASSIGN_OR_RETURN(int64_t length, Int(*d, "length", where));
+    if (offset < 0 || length < 0) return Error(where, "negative offset or length");
+    info.offset = offset;
+    info.length = length;
+    if (const Value* t = d->Find("transform_descriptors"); t && !t->is_none()) {
       if (!t->is_sequence()) return Error(where, "transform_descriptors is not a list");
       std::vector<std::string> descs;
       for (const Value& x : t->items()) {
@@ -454,21 +431,19 @@ class Parser {
   }
 
   absl::StatusOr<StorageMeta> Meta(const Value& v) const {
-    absl::StatusOr<const Dict*> d = DataclassState(v, "StorageMeta", "storage_meta");
-    if (!d.ok()) return d.status();
+    FABRIC_ASSIGN_OR_RETURN(const Dict* d, DataclassState(v, "StorageMeta", "storage_meta"));
     StorageMeta m;
-    if (const Value* id = (*d)->Find("checkpoint_id")) {
-      absl::StatusOr<std::optional<std::string>> p = Path(*id);
-      if (!p.ok()) return p.status();
-      m.checkpoint_id = *std::move(p);
+    if (const Value* id = d->Find("checkpoint_id")) {
+      FABRIC_ASSIGN_OR_RETURN(std::optional<std::string> p, Path(*id));
+      m.checkpoint_id = std::move(p);
     }
-    absl::StatusOr<std::optional<std::string>> save = OptString(**d, "save_id", "storage_meta");
-    if (!save.ok()) return save.status();
-    absl::StatusOr<std::optional<std::string>> load = OptString(**d, "load_id", "storage_meta");
-    if (!load.ok()) return load.status();
-    m.save_id = *std::move(save);
-    m.load_id = *std::move(load);
-    if (const Value* mods = (*d)->Find("modules"); mods && mods->is_sequence()) {
+    FABRIC_ASSIGN_OR_RETURN(std::optional<std::string> save,
+                            OptString(*d, "save_id", "storage_meta"));
+    FABRIC_ASSIGN_OR_RETURN(std::optional<std::string> load,
+                            OptString(*d, "load_id", "storage_meta"));
+    m.save_id = std::move(save);
+    m.load_id = std::move(load);
+    if (const Value* mods = d->Find("modules"); mods && mods->is_sequence()) {
       for (const Value& x : mods->items()) {
         if (!x.is_string()) return Error("storage_meta", "modules holds a non-string");
         m.modules.push_back(x.as_string());
@@ -532,11 +507,8 @@ const StorageInfo* Metadata::FindStorage(const MetadataIndex& index) const {
 absl::StatusOr<Value> ToValue(const Metadata& metadata) {
   Value sdm = NewDict();
   for (const auto& [fqn, md] : metadata.state_dict_metadata) {
-    absl::StatusOr<Value> v = StorageMetadataToValue(md);
-    if (!v.ok()) {
-      return absl::Status(v.status().code(), absl::StrCat("key '", fqn, "': ", v.status().message()));
-    }
-    Append(sdm, fqn, *std::move(v));
+    FABRIC_ASSIGN_OR_RETURN_PREFIX(Value v, StorageMetadataToValue(md), "key '", fqn, "': ");
+    Append(sdm, fqn, std::move(v));
   }
   Value planner;
   if (metadata.planner_data_other) {
@@ -561,54 +533,46 @@ absl::StatusOr<Value> ToValue(const Metadata& metadata) {
 
 absl::StatusOr<Metadata> FromValue(const Value& value, const std::string& what) {
   Parser p(what);
-  absl::StatusOr<const Dict*> d = p.DataclassState(value, "Metadata", "root");
-  if (!d.ok()) return d.status();
+  FABRIC_ASSIGN_OR_RETURN(const Dict* d, p.DataclassState(value, "Metadata", "root"));
   Metadata md;
-  const Value* sdm = (*d)->Find("state_dict_metadata");
+  const Value* sdm = d->Find("state_dict_metadata");
   if (!sdm || !sdm->is_dict()) return p.Error("root", "state_dict_metadata is not a dict");
   md.state_dict_metadata.reserve(sdm->as_dict().size());
   for (const auto& [k, v] : sdm->as_dict()) {
     if (!k.is_string()) return p.Error("state_dict_metadata", "a key is not a string");
-    absl::StatusOr<StorageMetadata> s = p.Storage(v, k.as_string());
-    if (!s.ok()) return s.status();
-    md.state_dict_metadata.emplace_back(k.as_string(), *std::move(s));
+    FABRIC_ASSIGN_OR_RETURN(StorageMetadata s, p.Storage(v, k.as_string()));
+    md.state_dict_metadata.emplace_back(k.as_string(), std::move(s));
   }
-  if (const Value* planner = (*d)->Find("planner_data"); planner && !planner->is_none()) {
+  if (const Value* planner = d->Find("planner_data"); planner && !planner->is_none()) {
     md.planner_data = p.Mapping(*planner);
     if (!md.planner_data) md.planner_data_other = *planner;
   }
-  if (const Value* storage = (*d)->Find("storage_data"); storage && !storage->is_none()) {
+  if (const Value* storage = d->Find("storage_data"); storage && !storage->is_none()) {
     if (!storage->is_dict()) return p.Error("root", "storage_data is not a dict");
     md.storage_data.reserve(storage->as_dict().size());
     for (const auto& [k, v] : storage->as_dict()) {
-      absl::StatusOr<MetadataIndex> index = p.Index(k);
-      if (!index.ok()) return index.status();
-      absl::StatusOr<StorageInfo> info = p.Info(v, index->fqn);
-      if (!info.ok()) return info.status();
-      md.storage_data.emplace_back(*std::move(index), *std::move(info));
+      FABRIC_ASSIGN_OR_RETURN(MetadataIndex index, p.Index(k));
+      FABRIC_ASSIGN_OR_RETURN(StorageInfo info, p.Info(v, index.fqn));
+      md.storage_data.emplace_back(std::move(index), std::move(info));
     }
   }
-  if (const Value* meta = (*d)->Find("storage_meta"); meta && !meta->is_none()) {
-    absl::StatusOr<StorageMeta> m = p.Meta(*meta);
-    if (!m.ok()) return m.status();
-    md.storage_meta = *std::move(m);
+  if (const Value* meta = d->Find("storage_meta"); meta && !meta->is_none()) {
+    FABRIC_ASSIGN_OR_RETURN(StorageMeta m, p.Meta(*meta));
+    md.storage_meta = std::move(m);
   }
-  absl::StatusOr<std::optional<std::string>> version = p.OptString(**d, "version", "root");
-  if (!version.ok()) return version.status();
-  md.version = *std::move(version);
+  FABRIC_ASSIGN_OR_RETURN(std::optional<std::string> version, p.OptString(*d, "version", "root"));
+  md.version = std::move(version);
   return md;
 }
 
 absl::StatusOr<std::string> SerializeMetadata(const Metadata& metadata) {
-  absl::StatusOr<Value> v = ToValue(metadata);
-  if (!v.ok()) return v.status();
-  return pickle::Pickle(*v, /*protocol=*/4);
+  FABRIC_ASSIGN_OR_RETURN(Value v, ToValue(metadata));
+  return pickle::Pickle(v, /*protocol=*/4);
 }
 
 absl::StatusOr<Metadata> ParseMetadata(std::string_view bytes, const std::string& what) {
-  absl::StatusOr<Value> v = pickle::Unpickle(bytes, what);
-  if (!v.ok()) return v.status();
-  return FromValue(*v, what);
+  FABRIC_ASSIGN_OR_RETURN(Value v, pickle::Unpickle(bytes, what));
+  return FromValue(v, what);
 }
 
 }  // namespace fabric::dcp

@@ -14,8 +14,7 @@
 #include "checkpoint/pickle_writer.h"
 #include "checkpoint/value.h"
 
-namespace fabric {
-namespace dcp {
+namespace fabric::dcp {
 namespace {
 
 std::string g_python;  // argv[1]
@@ -306,8 +305,7 @@ TEST(DcpMetadataTest, FlattenLikeDcp) {
 }
 
 }  // namespace
-}  // namespace dcp
-}  // namespace fabric
+}  // namespace fabric::dcp
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);

@@ -13,8 +13,7 @@
 #include "checkpoint/torch_save.h"
 #include "checkpoint/zip_reader.h"
 
-namespace fabric {
-namespace dcp {
+namespace fabric::dcp {
 namespace {
 
 // Reads of runs shorter than this are merged into one read of the enclosing
@@ -87,13 +86,11 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const s
   if (::stat(path.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("incomplete checkpoint (no .metadata): ", dir));
   }
-  absl::StatusOr<std::shared_ptr<FileReader>> file = FileReader::Open(path);
-  if (!file.ok()) return file.status();
-  std::string bytes((*file)->size(), '\0');
-  FABRIC_RETURN_IF_ERROR((*file)->ReadAt(0, bytes.data(), bytes.size()));
-  absl::StatusOr<Metadata> md = ParseMetadata(bytes, path);
-  if (!md.ok()) return md.status();
-  std::unique_ptr<CheckpointReader> reader(new CheckpointReader(dir, *std::move(md), options));
+  FABRIC_ASSIGN_OR_RETURN(std::shared_ptr<FileReader> file, FileReader::Open(path));
+  std::string bytes(file->size(), '\0');
+  FABRIC_RETURN_IF_ERROR(file->ReadAt(0, bytes.data(), bytes.size()));
+  FABRIC_ASSIGN_OR_RETURN(Metadata md, ParseMetadata(bytes, path));
+  std::unique_ptr<CheckpointReader> reader(new CheckpointReader(dir, std::move(md), options));
   FABRIC_RETURN_IF_ERROR(reader->Index());
   return reader;
 }
@@ -159,9 +156,9 @@ bool CheckpointReader::IsBytes(const std::string& fqn) const {
 
 absl::Status CheckpointReader::FileError(const StorageInfo& info, const std::string& fqn,
                                          const absl::Status& s) const {
-  return absl::Status(s.code(), absl::StrCat(JoinPath(dir_, info.relative_path), ": key '", fqn,
-                                             "' (bytes ", info.offset, "..",
-                                             info.offset + info.length, "): ", s.message()));
+  return PrefixStatus(s, absl::StrCat(JoinPath(dir_, info.relative_path), ": key '", fqn,
+                                      "' (bytes ", info.offset, "..", info.offset + info.length,
+                                      "): "));
 }
 
 absl::StatusOr<std::shared_ptr<FileReader>> CheckpointReader::File(
@@ -177,13 +174,10 @@ absl::StatusOr<std::shared_ptr<FileReader>> CheckpointReader::File(
     return absl::NotFoundError(
         absl::StrCat("missing shard file ", path, " (holds key '", fqn, "')"));
   }
-  absl::StatusOr<std::shared_ptr<FileReader>> file = FileReader::Open(path);
-  if (!file.ok()) {
-    return absl::Status(file.status().code(), absl::StrCat("opening shard file for key '", fqn,
-                                                           "': ", file.status().message()));
-  }
+  FABRIC_ASSIGN_OR_RETURN_PREFIX(std::shared_ptr<FileReader> file, FileReader::Open(path),
+                                 "opening shard file for key '", fqn, "': ");
   absl::MutexLock lock(&mu_);
-  return files_.emplace(relative_path, *std::move(file)).first->second;
+  return files_.emplace(relative_path, std::move(file)).first->second;
 }
 
 absl::StatusOr<const StorageInfo*> CheckpointReader::Storage(
@@ -212,14 +206,12 @@ absl::StatusOr<std::shared_ptr<const CheckpointReader::Chunk>> CheckpointReader:
     if (it != chunks_.end()) return it->second;
   }
   const ChunkStorageMetadata& cmd = md.chunks[chunk_index];
-  absl::StatusOr<const StorageInfo*> info = Storage(fqn, &cmd.offsets);
-  if (!info.ok()) return info.status();
+  FABRIC_ASSIGN_OR_RETURN(const StorageInfo* info, Storage(fqn, &cmd.offsets));
   auto chunk = std::make_shared<Chunk>();
-  chunk->info = *info;
-  absl::StatusOr<std::shared_ptr<FileReader>> file = File((*info)->relative_path, fqn);
-  if (!file.ok()) return file.status();
-  chunk->file = *std::move(file);
-  const StorageInfo& si = **info;
+  chunk->info = info;
+  FABRIC_ASSIGN_OR_RETURN(std::shared_ptr<FileReader> file, File(info->relative_path, fqn));
+  chunk->file = std::move(file);
+  const StorageInfo& si = *info;
   const uint64_t end = static_cast<uint64_t>(si.offset) + static_cast<uint64_t>(si.length);
   if (end > chunk->file->size()) {
     return absl::DataLossError(absl::StrCat(
@@ -432,8 +424,7 @@ absl::Status CheckpointReader::ReadRegion(const std::string& fqn,
         " of size ", Dims(sizes), " (", covered, " of ", volume, " elements)"));
   }
   for (const Overlap& o : overlaps) {
-    absl::StatusOr<std::shared_ptr<const Chunk>> chunk = OpenChunk(fqn, *md, o.chunk);
-    if (!chunk.ok()) return chunk.status();
+    FABRIC_ASSIGN_OR_RETURN(std::shared_ptr<const Chunk> chunk, OpenChunk(fqn, *md, o.chunk));
     const ChunkStorageMetadata& c = md->chunks[o.chunk];
     std::vector<int64_t> src_lo(nd);
     at::Tensor view = dst;
@@ -441,7 +432,7 @@ absl::Status CheckpointReader::ReadRegion(const std::string& fqn,
       src_lo[d] = o.lo[d] - c.offsets[d];
       view = view.narrow(static_cast<int64_t>(d), o.lo[d] - offsets[d], o.ext[d]);
     }
-    FABRIC_RETURN_IF_ERROR(ReadOverlap(fqn, **chunk, src_lo, o.ext, view));
+    FABRIC_RETURN_IF_ERROR(ReadOverlap(fqn, *chunk, src_lo, o.ext, view));
   }
   return absl::OkStatus();
 }
@@ -469,36 +460,31 @@ absl::StatusOr<std::string> CheckpointReader::ReadBytes(const std::string& fqn) 
     }
     return absl::NotFoundError(absl::StrCat(dir_, ": no key '", fqn, "' in the checkpoint"));
   }
-  absl::StatusOr<const StorageInfo*> info = Storage(fqn, nullptr);
-  if (!info.ok()) return info.status();
-  absl::StatusOr<std::shared_ptr<FileReader>> file = File((*info)->relative_path, fqn);
-  if (!file.ok()) return file.status();
-  const uint64_t end = static_cast<uint64_t>((*info)->offset) + (*info)->length;
-  if (end > (*file)->size()) {
-    return absl::DataLossError(absl::StrCat("truncated shard file ", (*file)->path(), ": key '",
-                                            fqn, "' is stored at bytes ", (*info)->offset, "..",
-                                            end, " but the file has ", (*file)->size(),
+  FABRIC_ASSIGN_OR_RETURN(const StorageInfo* info, Storage(fqn, nullptr));
+  FABRIC_ASSIGN_OR_RETURN(std::shared_ptr<FileReader> file, File(info->relative_path, fqn));
+  const uint64_t end = static_cast<uint64_t>(info->offset) + info->length;
+  if (end > file->size()) {
+    return absl::DataLossError(absl::StrCat("truncated shard file ", file->path(), ": key '",
+                                            fqn, "' is stored at bytes ", info->offset, "..",
+                                            end, " but the file has ", file->size(),
                                             " bytes"));
   }
-  std::string out((*info)->length, '\0');
-  if (absl::Status s = (*file)->ReadAt((*info)->offset, out.data(), out.size()); !s.ok()) {
-    return FileError(**info, fqn, s);
+  std::string out(info->length, '\0');
+  if (absl::Status s = file->ReadAt(info->offset, out.data(), out.size()); !s.ok()) {
+    return FileError(*info, fqn, s);
   }
   return out;
 }
 
 absl::StatusOr<Value> CheckpointReader::ReadObject(const std::string& fqn) const {
-  absl::StatusOr<std::string> check = ReadBytes(fqn);  // errors for missing keys and files
-  if (!check.ok()) return check.status();
-  absl::StatusOr<const StorageInfo*> info = Storage(fqn, nullptr);
-  if (!info.ok()) return info.status();
-  absl::StatusOr<std::shared_ptr<FileReader>> file = File((*info)->relative_path, fqn);
-  if (!file.ok()) return file.status();
+  FABRIC_RETURN_IF_ERROR(ReadBytes(fqn).status());  // errors for missing keys and files
+  FABRIC_ASSIGN_OR_RETURN(const StorageInfo* info, Storage(fqn, nullptr));
+  FABRIC_ASSIGN_OR_RETURN(std::shared_ptr<FileReader> file, File(info->relative_path, fqn));
   absl::StatusOr<std::unique_ptr<TorchFile>> archive =
-      TorchFile::Open(*file, (*info)->offset, (*info)->length);
-  if (!archive.ok()) return FileError(**info, fqn, archive.status());
+      TorchFile::Open(file, info->offset, info->length);
+  if (!archive.ok()) return FileError(*info, fqn, archive.status());
   absl::StatusOr<Value> v = (*archive)->Materialize((*archive)->root());
-  if (!v.ok()) return FileError(**info, fqn, v.status());
+  if (!v.ok()) return FileError(*info, fqn, v.status());
   return v;
 }
 
@@ -515,18 +501,15 @@ absl::StatusOr<Value> CheckpointReader::ReadStateDict(const c10::Device& device)
     auto it = paths.find(fqn);
     e.path = it != paths.end() && !it->second->empty() ? *it->second : ObjectPath{fqn};
     if (std::holds_alternative<TensorStorageMetadata>(md)) {
-      absl::StatusOr<at::Tensor> t = ReadTensor(fqn, device);
-      if (!t.ok()) return t.status();
-      e.value = *std::move(t);
+      FABRIC_ASSIGN_OR_RETURN(at::Tensor t, ReadTensor(fqn, device));
+      e.value = std::move(t);
     } else {
-      absl::StatusOr<Value> v = ReadObject(fqn);
-      if (!v.ok()) return v.status();
-      e.value = *std::move(v);
+      FABRIC_ASSIGN_OR_RETURN(Value v, ReadObject(fqn));
+      e.value = std::move(v);
     }
     entries.push_back(std::move(e));
   }
   return UnflattenStateDict(entries);
 }
 
-}  // namespace dcp
-}  // namespace fabric
+}  // namespace fabric::dcp

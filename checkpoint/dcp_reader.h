@@ -29,10 +29,10 @@
 #include "checkpoint/value.h"
 
 namespace fabric {
-
 class TorchFile;
+}  // namespace fabric
 
-namespace dcp {
+namespace fabric::dcp {
 
 // A key of the checkpoint, as listed by CheckpointReader::Keys().
 struct KeyInfo {
@@ -131,7 +131,6 @@ class CheckpointReader {
       ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace dcp
-}  // namespace fabric
+}  // namespace fabric::dcp
 
 #endif  // FABRIC_CHECKPOINT_DCP_READER_H_

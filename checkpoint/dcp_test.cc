@@ -22,8 +22,7 @@
 #include "checkpoint/torch_save.h"
 #include "checkpoint/value.h"
 
-namespace fabric {
-namespace dcp {
+namespace fabric::dcp {
 namespace {
 
 namespace fs = std::filesystem;
@@ -567,8 +566,7 @@ TEST(DcpTest, WriteResultsTravelAsBytes) {
 }
 
 }  // namespace
-}  // namespace dcp
-}  // namespace fabric
+}  // namespace fabric::dcp
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);

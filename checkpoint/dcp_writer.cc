@@ -24,8 +24,7 @@
 #include "checkpoint/pickle_writer.h"
 #include "checkpoint/torch_save.h"
 
-namespace fabric {
-namespace dcp {
+namespace fabric::dcp {
 namespace {
 
 std::string JoinPath(const std::string& dir, const std::string& name) {
@@ -129,9 +128,7 @@ absl::Status WriteOne(ByteSink& file, const WriteItem& item, const std::string& 
     return absl::InvalidArgumentError(
         absl::StrCat("item '", item.fqn, "' has neither a tensor, a blob nor a value"));
   }
-  if (!s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("item '", item.fqn, "': ", s.message()));
-  }
+  FABRIC_RETURN_IF_ERROR_PREFIX(s, "item '", item.fqn, "': ");
   r->storage.relative_path = file_name;
   r->storage.offset = static_cast<int64_t>(start);
   r->storage.length = static_cast<int64_t>(file.position() - start);
@@ -225,9 +222,8 @@ absl::StatusOr<std::vector<WriteResult>> WriteRankFile(const std::string& dir, i
   const std::string path = JoinPath(dir, name);
   AtomicFileWriter::Options file_options;
   file_options.direct_io = options.direct_io;
-  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> file =
-      AtomicFileWriter::Create(path, file_options);
-  if (!file.ok()) return file.status();
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> file,
+                          AtomicFileWriter::Create(path, file_options));
 
   // FileSystemWriter writes a file's bytes items before its tensors.
   std::vector<const WriteItem*> order;
@@ -240,12 +236,12 @@ absl::StatusOr<std::vector<WriteResult>> WriteRankFile(const std::string& dir, i
   }
   std::vector<WriteResult> results(order.size());
   for (size_t i = 0; i < order.size(); ++i) {
-    if (absl::Status s = WriteOne(**file, *order[i], name, &results[i]); !s.ok()) {
-      (*file)->Abort();
-      return absl::Status(s.code(), absl::StrCat("writing ", path, ": ", s.message()));
+    if (absl::Status s = WriteOne(*file, *order[i], name, &results[i]); !s.ok()) {
+      file->Abort();
+      return PrefixStatus(s, absl::StrCat("writing ", path, ": "));
     }
   }
-  FABRIC_RETURN_IF_ERROR((*file)->Commit());
+  FABRIC_RETURN_IF_ERROR(file->Commit());
   return results;
 }
 
@@ -324,10 +320,9 @@ StorageMeta NewStorageMeta(const std::string& dir) {
 }
 
 absl::Status WriteMetadata(const std::string& dir, const Metadata& metadata) {
-  absl::StatusOr<std::string> bytes = SerializeMetadata(metadata);
-  if (!bytes.ok()) return bytes.status();
+  FABRIC_ASSIGN_OR_RETURN(std::string bytes, SerializeMetadata(metadata));
   FABRIC_RETURN_IF_ERROR(EnsureDirectory(dir));
-  return AtomicWriteFile(JoinPath(dir, kMetadataFileName), *bytes);
+  return AtomicWriteFile(JoinPath(dir, kMetadataFileName), bytes);
 }
 
 absl::Status PrepareCheckpointDir(const std::string& dir) {
@@ -447,14 +442,13 @@ absl::StatusOr<std::string> EncodeWriteResults(const std::vector<WriteResult>& r
 }
 
 absl::StatusOr<std::vector<WriteResult>> DecodeWriteResults(std::string_view bytes) {
-  absl::StatusOr<Value> v = pickle::Unpickle(bytes, "write results");
-  if (!v.ok()) return v.status();
-  if (!v->is_list()) return absl::DataLossError("write results: not a list");
+  FABRIC_ASSIGN_OR_RETURN(Value v, pickle::Unpickle(bytes, "write results"));
+  if (!v.is_list()) return absl::DataLossError("write results: not a list");
   std::vector<WriteResult> out;
   auto bad = [](const char* what) {
     return absl::DataLossError(absl::StrCat("write results: bad field '", what, "'"));
   };
-  for (const Value& item : v->items()) {
+  for (const Value& item : v.items()) {
     if (!item.is_dict()) return bad("item");
     const Dict& d = item.as_dict();
     WriteResult r;
@@ -518,5 +512,4 @@ absl::StatusOr<std::vector<WriteResult>> DecodeWriteResults(std::string_view byt
   return out;
 }
 
-}  // namespace dcp
-}  // namespace fabric
+}  // namespace fabric::dcp

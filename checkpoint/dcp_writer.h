@@ -31,8 +31,7 @@
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/value.h"
 
-namespace fabric {
-namespace dcp {
+namespace fabric::dcp {
 
 // One item of a rank's share of the flattened state dict.
 struct WriteItem {
@@ -124,7 +123,6 @@ absl::Status RemoveStaleRankFiles(const std::string& dir, int world_size);
 absl::StatusOr<std::string> EncodeWriteResults(const std::vector<WriteResult>& results);
 absl::StatusOr<std::vector<WriteResult>> DecodeWriteResults(std::string_view bytes);
 
-}  // namespace dcp
-}  // namespace fabric
+}  // namespace fabric::dcp
 
 #endif  // FABRIC_CHECKPOINT_DCP_WRITER_H_

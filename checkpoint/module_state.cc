@@ -113,8 +113,7 @@ absl::StatusOr<StateLoadReport> LoadModuleState(torch::nn::Module& module,
       report.mismatches.push_back(absl::StrCat(key, ": ", *problem));
     }
   }
-  absl::Status status = report.ToStatus(file, strict);
-  if (!status.ok()) return status;
+  FABRIC_RETURN_IF_ERROR(report.ToStatus(file, strict));
 
   std::vector<bool> done(targets.size(), false);
   if (batch) {
@@ -134,11 +133,9 @@ absl::StatusOr<StateLoadReport> LoadModuleState(torch::nn::Module& module,
   }
   for (size_t i = 0; i < targets.size(); ++i) {
     if (matched[i] == nullptr || done[i]) continue;
-    status = CopyValueInto(*matched[i], targets[i].second, source, targets[i].first);
-    if (!status.ok()) {
-      return absl::Status(status.code(),
-                          absl::StrCat("loading state from '", file, "': ", status.message()));
-    }
+    FABRIC_RETURN_IF_ERROR_PREFIX(
+        CopyValueInto(*matched[i], targets[i].second, source, targets[i].first),
+        "loading state from '", file, "': ");
   }
   return report;
 }

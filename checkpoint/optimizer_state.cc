@@ -498,7 +498,7 @@ absl::Status LoadOptimizerState(Optimizer& optimizer, const Dict& state,
         parsed = ParseAdamGroup(group, static_cast<const AdamWOptions&>(current), true, path, type);
         break;
     }
-    if (!parsed.ok()) return parsed.status();
+    FABRIC_RETURN_IF_ERROR(parsed.status());
     new_options.push_back(std::move(*parsed));
   }
 
@@ -546,9 +546,7 @@ absl::Status LoadOptimizerState(Optimizer& optimizer, const Dict& state,
     if (!batch || !batch(reads.deferred).ok()) {
       for (size_t i = 0; i < reads.deferred.size(); ++i) {
         TensorRead& r = reads.deferred[i];
-        if (absl::Status s = source(r.ref, r.destination); !s.ok()) {
-          return absl::Status(s.code(), absl::StrCat(reads.paths[i], ": ", s.message()));
-        }
+        FABRIC_RETURN_IF_ERROR_PREFIX(source(r.ref, r.destination), reads.paths[i], ": ");
       }
     }
   }

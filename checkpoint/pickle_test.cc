@@ -19,8 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
-namespace fabric {
-namespace pickle {
+namespace fabric::pickle {
 namespace {
 
 using namespace std::string_literals;  // "..."s keeps embedded NULs
@@ -661,8 +660,7 @@ TEST_F(PythonInteropTest, ReadsTorchSaveDataPkl) {
 }
 
 }  // namespace
-}  // namespace pickle
-}  // namespace fabric
+}  // namespace fabric::pickle
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);

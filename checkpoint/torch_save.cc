@@ -87,7 +87,7 @@ absl::Status WriteStorage(ZipWriter& zip, const StorageRecordInfo& r) {
     return zip.WriteRecord(name, r.storage.data(), nbytes);
   }
   // Device memory: stage through host memory a chunk at a time.
-  if (auto s = zip.BeginRecord(name, nbytes); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(zip.BeginRecord(name, nbytes));
   at::Tensor bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(r.storage.device()));
   bytes.set_(r.storage, 0, {static_cast<int64_t>(nbytes)}, {1});
   at::Tensor host = at::empty({static_cast<int64_t>(std::min(nbytes, kDeviceCopyChunk))},
@@ -97,7 +97,7 @@ absl::Status WriteStorage(ZipWriter& zip, const StorageRecordInfo& r) {
     const int64_t n = static_cast<int64_t>(std::min(nbytes - done, kDeviceCopyChunk));
     at::Tensor dst = host.narrow(0, 0, n);
     dst.copy_(bytes.narrow(0, static_cast<int64_t>(done), n));
-    if (auto s = zip.AppendRecordData(dst.data_ptr(), n); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(zip.AppendRecordData(dst.data_ptr(), n));
     done += n;
   }
   return zip.EndRecord();
@@ -106,19 +106,17 @@ absl::Status WriteStorage(ZipWriter& zip, const StorageRecordInfo& r) {
 // The records torch.save writes before the storages and after them; shared by
 // the in-memory and the streaming writer so both produce the same archive.
 absl::Status WriteLeadingRecords(ZipWriter& zip, const std::string& pkl) {
-  absl::Status s = zip.WriteRecord("data.pkl", pkl.data(), pkl.size());
-  if (s.ok()) s = zip.WriteRecord(".format_version", "1", 1);
-  if (s.ok()) s = zip.WriteRecord(".storage_alignment", "64", 2);
-  if (s.ok()) s = zip.WriteRecord("byteorder", "little", 6);
-  return s;
+  FABRIC_RETURN_IF_ERROR(zip.WriteRecord("data.pkl", pkl.data(), pkl.size()));
+  FABRIC_RETURN_IF_ERROR(zip.WriteRecord(".format_version", "1", 1));
+  FABRIC_RETURN_IF_ERROR(zip.WriteRecord(".storage_alignment", "64", 2));
+  return zip.WriteRecord("byteorder", "little", 6);
 }
 
 absl::Status WriteTrailingRecords(ZipWriter& zip) {
-  absl::Status s = zip.WriteRecord("version", "3\n", 2);
+  FABRIC_RETURN_IF_ERROR(zip.WriteRecord("version", "3\n", 2));
   const std::string id = SerializationId();
-  if (s.ok()) s = zip.WriteRecord(".data/serialization_id", id.data(), id.size());
-  if (s.ok()) s = zip.Finish();
-  return s;
+  FABRIC_RETURN_IF_ERROR(zip.WriteRecord(".data/serialization_id", id.data(), id.size()));
+  return zip.Finish();
 }
 
 AtomicFileWriter::Options FileOptions(const TorchSaveOptions& options) {
@@ -135,22 +133,20 @@ AtomicFileWriter::Options FileOptions(const TorchSaveOptions& options) {
 absl::Status WriteArchive(ByteSink& sink, const std::string& archive_name, const Value& value,
                           const TorchSaveOptions& options) {
   StorageTable table;
-  absl::StatusOr<std::string> pkl =
-      pickle::Pickle(value, [&](const at::Tensor& t) { return table.Add(t); });
-  if (!pkl.ok()) return pkl.status();
+  FABRIC_ASSIGN_OR_RETURN(
+      const std::string pkl,
+      pickle::Pickle(value, [&](const at::Tensor& t) { return table.Add(t); }));
 
   ZipWriter zip(&sink, archive_name);
-  absl::Status s = WriteLeadingRecords(zip, *pkl);
+  FABRIC_RETURN_IF_ERROR(WriteLeadingRecords(zip, pkl));
   uint64_t total = 0, done = 0;
   for (const auto& r : table.records()) total += r.storage.nbytes();
   for (const auto& r : table.records()) {
-    if (!s.ok()) break;
-    s = WriteStorage(zip, r);
+    FABRIC_RETURN_IF_ERROR(WriteStorage(zip, r));
     done += r.storage.nbytes();
     if (options.progress) options.progress(done, total);
   }
-  if (s.ok()) s = WriteTrailingRecords(zip);
-  return s;
+  return WriteTrailingRecords(zip);
 }
 
 int64_t ElementSize(at::ScalarType t) { return static_cast<int64_t>(c10::elementSize(t)); }
@@ -159,14 +155,13 @@ int64_t ElementSize(at::ScalarType t) { return static_cast<int64_t>(c10::element
 
 absl::Status TorchSave(const std::string& path, const Value& value,
                        const TorchSaveOptions& options) {
-  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> file =
-      AtomicFileWriter::Create(path, FileOptions(options));
-  if (!file.ok()) return file.status();
-  if (absl::Status s = WriteArchive(**file, ArchiveName(path), value, options); !s.ok()) {
-    (*file)->Abort();
-    return absl::Status(s.code(), absl::StrCat("saving ", path, ": ", s.message()));
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> file,
+                          AtomicFileWriter::Create(path, FileOptions(options)));
+  if (absl::Status s = WriteArchive(*file, ArchiveName(path), value, options); !s.ok()) {
+    file->Abort();
+    return PrefixStatus(s, absl::StrCat("saving ", path, ": "));
   }
-  return (*file)->Commit();
+  return file->Commit();
 }
 
 absl::Status TorchSaveToSink(ByteSink& sink, const std::string& archive_name,
@@ -207,14 +202,12 @@ absl::StatusOr<std::unique_ptr<TorchStreamWriter>> TorchStreamWriter::Create(
   for (const auto& [key, n] : w->order_) w->total_bytes_ += n;
   w->progress_ = options.progress;
 
-  absl::StatusOr<std::string> pkl = pickle::Pickle(tree);
-  if (!pkl.ok()) return pkl.status();
-  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> file =
-      AtomicFileWriter::Create(path, FileOptions(options));
-  if (!file.ok()) return file.status();
-  w->file_ = *std::move(file);
+  FABRIC_ASSIGN_OR_RETURN(std::string pkl, pickle::Pickle(tree));
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> file,
+                          AtomicFileWriter::Create(path, FileOptions(options)));
+  w->file_ = std::move(file);
   w->zip_ = std::make_unique<ZipWriter>(w->file_.get(), ArchiveName(path));
-  FABRIC_RETURN_IF_ERROR(WriteLeadingRecords(*w->zip_, *pkl));
+  FABRIC_RETURN_IF_ERROR(WriteLeadingRecords(*w->zip_, pkl));
   return w;
 }
 
@@ -295,9 +288,8 @@ uint64_t StorageBytes(const Value& value) {
 }
 
 absl::StatusOr<std::unique_ptr<TorchFile>> TorchFile::Open(const std::string& path) {
-  absl::StatusOr<std::shared_ptr<FileReader>> file = FileReader::Open(path);
-  if (!file.ok()) return file.status();
-  return Open(*std::move(file), 0, std::nullopt);
+  FABRIC_ASSIGN_OR_RETURN(std::shared_ptr<FileReader> file, FileReader::Open(path));
+  return Open(std::move(file), 0, std::nullopt);
 }
 
 absl::StatusOr<std::unique_ptr<TorchFile>> TorchFile::Open(std::shared_ptr<FileReader> file,
@@ -306,7 +298,7 @@ absl::StatusOr<std::unique_ptr<TorchFile>> TorchFile::Open(std::shared_ptr<FileR
   std::unique_ptr<TorchFile> f(new TorchFile());
   f->file_ = std::move(file);
   absl::StatusOr<std::unique_ptr<ZipReader>> zip = ZipReader::Open(f->file_, offset, length);
-  if (!zip.ok()) {
+  if (!zip.ok()) {  // the reader's message, then what that means here
     return absl::Status(zip.status().code(),
                         absl::StrCat(zip.status().message(),
                                      " (not a torch.save checkpoint in the zip format)"));
@@ -318,11 +310,10 @@ absl::StatusOr<std::unique_ptr<TorchFile>> TorchFile::Open(std::shared_ptr<FileR
 
 absl::Status TorchFile::Init() {
   if (const ZipReader::Entry* order = zip_->Find("byteorder")) {
-    absl::StatusOr<std::string> b = zip_->ReadRecord("byteorder");
-    if (!b.ok()) return b.status();
-    if (*b != "little") {
+    FABRIC_ASSIGN_OR_RETURN(std::string b, zip_->ReadRecord("byteorder"));
+    if (b != "little") {
       return absl::UnimplementedError(
-          absl::StrCat(path(), ": byte order '", *b, "' is not supported (only little)"));
+          absl::StrCat(path(), ": byte order '", b, "' is not supported (only little)"));
     }
     (void)order;
   }
@@ -330,11 +321,9 @@ absl::Status TorchFile::Init() {
     return absl::DataLossError(
         absl::StrCat(path(), ": no data.pkl record; not a torch.save checkpoint"));
   }
-  absl::StatusOr<std::string> pkl = zip_->ReadRecord("data.pkl");
-  if (!pkl.ok()) return pkl.status();
-  absl::StatusOr<Value> root = pickle::Unpickle(*pkl, absl::StrCat(path(), ":data.pkl"));
-  if (!root.ok()) return root.status();
-  root_ = *std::move(root);
+  FABRIC_ASSIGN_OR_RETURN(std::string pkl, zip_->ReadRecord("data.pkl"));
+  FABRIC_ASSIGN_OR_RETURN(Value root, pickle::Unpickle(pkl, absl::StrCat(path(), ":data.pkl")));
+  root_ = std::move(root);
   return absl::OkStatus();
 }
 
@@ -375,12 +364,11 @@ absl::StatusOr<const ZipReader::Entry*> TorchFile::StorageRecord(const TensorRef
 
 absl::StatusOr<at::Storage> TorchFile::ReadStorage(const TensorRef& ref,
                                                    const c10::Device& device) const {
-  absl::StatusOr<const ZipReader::Entry*> entry = StorageRecord(ref);
-  if (!entry.ok()) return entry.status();
+  FABRIC_ASSIGN_OR_RETURN(const ZipReader::Entry* entry, StorageRecord(ref));
   const int64_t nbytes = ref.storage_numel * ElementSize(ref.dtype);
   at::Tensor bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
   if (nbytes > 0) {
-    FABRIC_RETURN_IF_ERROR(file_->ReadAt((*entry)->data_offset, bytes.data_ptr(), nbytes));
+    FABRIC_RETURN_IF_ERROR(file_->ReadAt(entry->data_offset, bytes.data_ptr(), nbytes));
   }
   if (!device.is_cpu()) bytes = bytes.to(device);
   return bytes.storage();
@@ -388,23 +376,21 @@ absl::StatusOr<at::Storage> TorchFile::ReadStorage(const TensorRef& ref,
 
 absl::StatusOr<at::Tensor> TorchFile::ReadTensor(const TensorRef& ref,
                                                  const c10::Device& device) const {
-  absl::StatusOr<const ZipReader::Entry*> entry = StorageRecord(ref);
-  if (!entry.ok()) return entry.status();
+  FABRIC_ASSIGN_OR_RETURN(const ZipReader::Entry* entry, StorageRecord(ref));
   at::Tensor out;
   if (ref.is_contiguous()) {
     out = at::empty(ref.sizes, at::TensorOptions().dtype(ref.dtype));
     const uint64_t nbytes = static_cast<uint64_t>(out.numel()) * out.element_size();
     if (nbytes > 0) {
-      const uint64_t at_byte = (*entry)->data_offset +
+      const uint64_t at_byte = entry->data_offset +
                                static_cast<uint64_t>(ref.storage_offset) * out.element_size();
       FABRIC_RETURN_IF_ERROR(file_->ReadAt(at_byte, out.data_ptr(), nbytes));
     }
     if (!device.is_cpu()) out = out.to(device);
   } else {
-    absl::StatusOr<at::Storage> storage = ReadStorage(ref, device);
-    if (!storage.ok()) return storage.status();
+    FABRIC_ASSIGN_OR_RETURN(at::Storage storage, ReadStorage(ref, device));
     out = at::empty({0}, at::TensorOptions().dtype(ref.dtype).device(device));
-    out.set_(*storage, ref.storage_offset, ref.sizes, ref.strides);
+    out.set_(storage, ref.storage_offset, ref.sizes, ref.strides);
   }
   return out;
 }
@@ -421,21 +407,18 @@ absl::StatusOr<std::optional<ReadRequest>> TorchFile::DirectRead(const TensorRef
         ref.is_contiguous())) {
     return std::nullopt;
   }
-  absl::StatusOr<const ZipReader::Entry*> entry = StorageRecord(ref);
-  if (!entry.ok()) return entry.status();
+  FABRIC_ASSIGN_OR_RETURN(const ZipReader::Entry* entry, StorageRecord(ref));
   const uint64_t nbytes = static_cast<uint64_t>(dst.numel()) * dst.element_size();
   return ReadRequest{
-      (*entry)->data_offset + static_cast<uint64_t>(ref.storage_offset) * dst.element_size(),
+      entry->data_offset + static_cast<uint64_t>(ref.storage_offset) * dst.element_size(),
       nbytes == 0 ? nullptr : dst.data_ptr(), nbytes};
 }
 
 absl::Status TorchFile::ReadInto(const TensorRef& ref, at::Tensor& dst) const {
-  absl::StatusOr<std::optional<ReadRequest>> direct = DirectRead(ref, dst);
-  if (!direct.ok()) return direct.status();
-  if (direct->has_value()) return file_->ReadAt((*direct)->offset, (*direct)->dst, (*direct)->n);
-  absl::StatusOr<at::Tensor> t = ReadTensor(ref, c10::kCPU);
-  if (!t.ok()) return t.status();
-  dst.copy_(*t);
+  FABRIC_ASSIGN_OR_RETURN(std::optional<ReadRequest> direct, DirectRead(ref, dst));
+  if (direct.has_value()) return file_->ReadAt(direct->offset, direct->dst, direct->n);
+  FABRIC_ASSIGN_OR_RETURN(at::Tensor t, ReadTensor(ref, c10::kCPU));
+  dst.copy_t;
   return absl::OkStatus();
 }
 
@@ -443,10 +426,9 @@ absl::Status TorchFile::ReadIntoMany(std::vector<TensorRead>& reads) const {
   std::vector<ReadRequest> batch;
   std::vector<TensorRead*> others;
   for (TensorRead& r : reads) {
-    absl::StatusOr<std::optional<ReadRequest>> direct = DirectRead(r.ref, r.destination);
-    if (!direct.ok()) return direct.status();
-    if (direct->has_value()) {
-      batch.push_back(**direct);
+    FABRIC_ASSIGN_OR_RETURN(std::optional<ReadRequest> direct, DirectRead(r.ref, r.destination));
+    if (direct.has_value()) {
+      batch.push_back(*direct);
     } else {
       others.push_back(&r);
     }
@@ -470,13 +452,12 @@ absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Devi
   std::function<absl::Status(const Value&)> collect = [&](const Value& v) -> absl::Status {
     if (v.is_tensor_ref()) {
       const TensorRef& ref = v.as_tensor_ref();
-      absl::StatusOr<const ZipReader::Entry*> entry = StorageRecord(ref);
-      if (!entry.ok()) return entry.status();
+      FABRIC_ASSIGN_OR_RETURN(const ZipReader::Entry* entry, StorageRecord(ref));
       if (storages.count(ref.storage_key) == 0) {
         const int64_t nbytes = ref.storage_numel * ElementSize(ref.dtype);
         at::Tensor bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
         if (nbytes > 0) {
-          batch.push_back(ReadRequest{(*entry)->data_offset, bytes.data_ptr(),
+          batch.push_back(ReadRequest{entry->data_offset, bytes.data_ptr(),
                                       static_cast<size_t>(nbytes)});
           batch_keys.push_back(ref.storage_key);
         }
@@ -547,9 +528,8 @@ absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Devi
 }
 
 absl::StatusOr<Value> TorchLoad(const std::string& path, const c10::Device& device) {
-  absl::StatusOr<std::unique_ptr<TorchFile>> file = TorchFile::Open(path);
-  if (!file.ok()) return file.status();
-  return (*file)->Materialize((*file)->root(), device);
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path));
+  return file->Materialize(file->root(), device);
 }
 
 }  // namespace fabric

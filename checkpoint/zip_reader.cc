@@ -247,8 +247,8 @@ absl::StatusOr<std::string> ZipReader::ReadRecord(std::string_view name) const {
 absl::Status ZipReader::ReadRecordInto(std::string_view name, void* dst, size_t n) const {
   FABRIC_ASSIGN_OR_RETURN(const Entry* e, Readable(name));
   if (e->size != n) {
-    return absl::InvalidArgumentError(absl::StrCat("'", path(), "': record '", AbslView(name), "' has ",
-                                                   e->size, " bytes, not ", n));
+    return absl::InvalidArgumentError(absl::StrCat("'", path(), "': record '", AbslView(name),
+                                                   "' has ", e->size, " bytes, not ", n));
   }
   return file_->ReadAt(e->data_offset, dst, n);
 }
@@ -265,9 +265,9 @@ absl::Status ZipReader::VerifyCrc(std::string_view name) const {
     done += n;
   }
   if (crc != e->crc32) {
-    return absl::DataLossError(absl::StrCat("'", path(), "': CRC-32 mismatch in record '", AbslView(name),
-                                            "': stored ", absl::Hex(e->crc32), ", data has ",
-                                            absl::Hex(crc)));
+    return absl::DataLossError(absl::StrCat("'", path(), "': CRC-32 mismatch in record '",
+                                            AbslView(name), "': stored ", absl::Hex(e->crc32),
+                                            ", data has ", absl::Hex(crc)));
   }
   return absl::OkStatus();
 }
