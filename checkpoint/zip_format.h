@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
 
 namespace fabric::zip_format {
 
@@ -17,7 +18,7 @@ inline constexpr uint32_t kZip64EndSig = 0x06064b50;
 inline constexpr uint32_t kZip64LocatorSig = 0x07064b50;
 inline constexpr uint32_t kEndSig = 0x06054b50;
 // The first four bytes of a zip file that starts with a record.
-inline constexpr char kLocalHeaderMagic[] = "PK\x03\x04";
+inline constexpr std::string_view kLocalHeaderMagic("PK\x03\x04", 4);
 
 // Fixed sizes of the records (without names, extra fields and comments).
 inline constexpr size_t kLocalHeaderSize = 30;

@@ -17,6 +17,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "checkpoint/atomic_file_writer.h"
 #include "checkpoint/byte_sink.h"
 #include "checkpoint/file_reader.h"
@@ -51,19 +52,18 @@ const size_t kPickleA1Size = sizeof(kPickleA1) - 1;
 
 // Writes the records torch.load needs around `body`.
 absl::Status WriteTorchRecords(ZipWriter& zip, bool streamed_pickle) {
-  absl::Status s;
   if (streamed_pickle) {
-    s = zip.BeginRecord("data.pkl", kPickleA1Size);
-    for (size_t i = 0; s.ok() && i < kPickleA1Size; i += 5) {
-      s = zip.AppendRecordData(kPickleA1 + i, std::min<size_t>(5, kPickleA1Size - i));
+    FABRIC_RETURN_IF_ERROR(zip.BeginRecord("data.pkl", kPickleA1Size));
+    for (size_t i = 0; i < kPickleA1Size; i += 5) {
+      FABRIC_RETURN_IF_ERROR(
+          zip.AppendRecordData(kPickleA1 + i, std::min<size_t>(5, kPickleA1Size - i)));
     }
-    if (s.ok()) s = zip.EndRecord();
+    FABRIC_RETURN_IF_ERROR(zip.EndRecord());
   } else {
-    s = zip.WriteRecord("data.pkl", kPickleA1, kPickleA1Size);
+    FABRIC_RETURN_IF_ERROR(zip.WriteRecord("data.pkl", kPickleA1, kPickleA1Size));
   }
-  if (s.ok()) s = zip.WriteRecord("byteorder", "little", 6);
-  if (s.ok()) s = zip.WriteRecord("version", "3\n", 2);
-  return s;
+  FABRIC_RETURN_IF_ERROR(zip.WriteRecord("byteorder", "little", 6));
+  return zip.WriteRecord("version", "3\n", 2);
 }
 
 const char kCheckTorchLoadA1[] = R"(
