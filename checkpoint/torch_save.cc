@@ -418,7 +418,7 @@ absl::Status TorchFile::ReadInto(const TensorRef& ref, at::Tensor& dst) const {
   FABRIC_ASSIGN_OR_RETURN(std::optional<ReadRequest> direct, DirectRead(ref, dst));
   if (direct.has_value()) return file_->ReadAt(direct->offset, direct->dst, direct->n);
   FABRIC_ASSIGN_OR_RETURN(at::Tensor t, ReadTensor(ref, c10::kCPU));
-  dst.copy_t;
+  dst.copy_(t);
   return absl::OkStatus();
 }
 
