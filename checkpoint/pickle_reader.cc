@@ -74,8 +74,7 @@ class Reader {
   absl::Status ReadLE(int n, uint64_t* out) {
     std::string_view b;
     FABRIC_RETURN_IF_ERROR(Take(static_cast<uint64_t>(n), &b));
-    *out = 0;
-    for (int i = n - 1; i >= 0; --i) *out = (*out << 8) | static_cast<uint8_t>(b[i]);
+    *out = little_endian::Load(b.data(), static_cast<size_t>(n));
     return absl::OkStatus();
   }
 
