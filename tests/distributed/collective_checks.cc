@@ -162,12 +162,12 @@ absl::Status CheckCollectives(strategies::DistributedContext& ctx) {
   CHECK_OK(ExpectTrue(agreed.code() == absl::StatusCode::kResourceExhausted &&
                           agreed.message().find("disk full") != std::string::npos,
                       "AgreeOnStatus: " + agreed.ToString()));
-  absl::StatusOr<std::vector<std::string>> gathered =
+  absl::StatusOr<std::vector<std::string>> gathered_bytes =
       ctx.AllGatherBytes(std::string(static_cast<size_t>(rank), 'x'));
-  if (!gathered.ok()) return gathered.status();
-  bool lengths_ok = gathered->size() == static_cast<size_t>(world);
+  if (!gathered_bytes.ok()) return gathered_bytes.status();
+  bool lengths_ok = gathered_bytes->size() == static_cast<size_t>(world);
   for (int r = 0; lengths_ok && r < world; ++r) {
-    lengths_ok = (*gathered)[r] == std::string(static_cast<size_t>(r), 'x');
+    lengths_ok = (*gathered_bytes)[r] == std::string(static_cast<size_t>(r), 'x');
   }
   CHECK_OK(ExpectTrue(lengths_ok, "AllGatherBytes of every rank's bytes"));
   return ctx.Barrier();
