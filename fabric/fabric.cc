@@ -6,11 +6,13 @@
 #include <torch/cuda.h>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "strategies/cluster_environment.h"
+#include "strategies/ddp_strategy.h"
 #include "strategies/fsdp_strategy.h"
 #include "strategies/launcher.h"
 #include "strategies/process_group.h"
-#include "strategies/single_file_strategy.h"
+#include "strategies/single_device_strategy.h"
 #include "strategies/strategy.h"
 
 namespace fabric {
@@ -57,7 +59,7 @@ absl::StatusOr<std::unique_ptr<Fabric>> Fabric::Create(const FabricOptions& opti
         "FabricOptions.strategy: 'single_device' runs one process, but devices * num_nodes = ",
         options.devices * options.num_nodes));
   }
-  if (absl::StatusOr<Precision> p = ParsePrecision(options.precision); !p.ok()) return p.status();
+  FABRIC_RETURN_IF_ERROR(ParsePrecision(options.precision).status());
   std::unique_ptr<Fabric> f(new Fabric(options));
   f->want_cuda_ = acc == "cuda" || acc == "gpu" || (acc == "auto" && torch::cuda::is_available());
   if (f->want_cuda_ && !torch::cuda::is_available()) {
@@ -70,26 +72,21 @@ absl::StatusOr<std::unique_ptr<Fabric>> Fabric::Create(const FabricOptions& opti
 
 absl::Status Fabric::Launch() {
   if (strategy_) return absl::OkStatus();
-  absl::StatusOr<strategies::ClusterEnvironment> env = strategies::DetectClusterEnvironment();
-  if (!env.ok()) return env.status();
-  const bool distributed = options_.devices * options_.num_nodes > 1 || !env->needs_launch() ||
+  FABRIC_ASSIGN_OR_RETURN(strategies::ClusterEnvironment env,
+                          strategies::DetectClusterEnvironment());
+  const bool distributed = options_.devices * options_.num_nodes > 1 || !env.needs_launch() ||
                            options_.strategy == "ddp" || options_.strategy == "fsdp";
   if (!distributed) return EnsureStrategy();
 
   strategies::LaunchOptions launch;
   launch.devices = options_.devices;
   launch.num_nodes = options_.num_nodes;
-  absl::StatusOr<std::unique_ptr<strategies::Launcher>> launcher =
-      strategies::Launcher::Launch(launch);
-  if (!launcher.ok()) return launcher.status();
-  launcher_ = *std::move(launcher);
+  FABRIC_ASSIGN_OR_RETURN(launcher_, strategies::Launcher::Launch(launch));
   strategies::DistributedOptions dist;
   dist.backend = want_cuda_ ? strategies::CommBackend::kNccl : strategies::CommBackend::kGloo;
   dist.timeout = options_.timeout;
-  absl::StatusOr<std::shared_ptr<strategies::DistributedContext>> context =
-      strategies::DistributedContext::Create(launcher_->cluster(), dist);
-  if (!context.ok()) return context.status();
-  context_ = *std::move(context);
+  FABRIC_ASSIGN_OR_RETURN(context_,
+                          strategies::DistributedContext::Create(launcher_->cluster(), dist));
   if (options_.strategy == "fsdp") {
     strategies::FsdpOptions fsdp;
     if (!options_.fsdp_wrap_module_types.empty()) {
@@ -132,9 +129,9 @@ absl::Status Fabric::Finish(absl::Duration timeout) {
   return s;
 }
 
-strategies::Strategy& Fabric::strategy() {
-  (void)EnsureStrategy();
-  return *strategy_;
+absl::StatusOr<strategies::Strategy*> Fabric::strategy() {
+  FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  return strategy_.get();
 }
 
 int Fabric::global_rank() const { return strategy_ ? strategy_->global_rank() : 0; }
@@ -147,9 +144,9 @@ c10::Device Fabric::device() const {
 
 absl::Status Fabric::SetupModule(const std::shared_ptr<torch::nn::Module>& module) {
   if (!module) return absl::InvalidArgumentError("Fabric::SetupModule: module is null");
-  if (absl::Status s = EnsureStrategy(); !s.ok()) return s;
-  absl::StatusOr<Precision> precision = ParsePrecision(options_.precision);
-  if (precision->param_dtype != c10::kFloat) module->to(precision->param_dtype);
+  FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  FABRIC_ASSIGN_OR_RETURN(Precision precision, ParsePrecision(options_.precision));
+  if (precision.param_dtype != c10::kFloat) module->to(precision.param_dtype);
   return strategy_->SetupModule(module);
 }
 
@@ -170,7 +167,7 @@ strategies::FullyShardedDataParallel* Fabric::Fsdp(const torch::nn::Module& modu
 }
 
 absl::Status Fabric::Backward(const at::Tensor& loss) {
-  if (absl::Status s = EnsureStrategy(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   return strategy_->Backward(loss);
 }
 
@@ -179,27 +176,27 @@ AutocastGuard Fabric::Autocast() const {
 }
 
 absl::Status Fabric::Save(const std::string& path, const State& state, const StateFilter& filter) {
-  if (absl::Status s = EnsureStrategy(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   return strategy_->Save(path, state, filter);
 }
 
 absl::StatusOr<Dict> Fabric::Load(const std::string& path, State& state, bool strict) {
-  if (absl::Status s = EnsureStrategy(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   return strategy_->Load(path, state, strict);
 }
 
 absl::StatusOr<Dict> Fabric::Load(const std::string& path) {
-  if (absl::Status s = EnsureStrategy(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   return strategy_->LoadAll(path);
 }
 
 absl::Status Fabric::LoadRaw(const std::string& path, torch::nn::Module& module, bool strict) {
-  if (absl::Status s = EnsureStrategy(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   return strategy_->LoadRaw(path, module, strict);
 }
 
 absl::Status Fabric::LoadRaw(const std::string& path, torch::optim::Optimizer& optimizer) {
-  if (absl::Status s = EnsureStrategy(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   return strategy_->LoadRaw(path, optimizer);
 }
 

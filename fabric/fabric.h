@@ -34,8 +34,9 @@
 #include "absl/time/time.h"
 #include "checkpoint/value.h"
 #include "fabric/precision.h"
-#include "fabric/state.h"
-#include "fabric/state_io.h"
+#include "checkpoint/state.h"
+#include "checkpoint/state_filter.h"
+#include "checkpoint/state_io.h"
 #include "strategies/fsdp.h"
 
 namespace fabric {
@@ -150,7 +151,9 @@ class Fabric {
   bool is_global_zero() const { return global_rank() == 0; }
   c10::Device device() const;
   const FabricOptions& options() const { return options_; }
-  strategies::Strategy& strategy();
+  // The strategy (made on first use for a single device). A Fabric of
+  // several processes has none before Launch(): FailedPrecondition.
+  absl::StatusOr<strategies::Strategy*> strategy();
 
   // Collectives across all ranks (identity operations for one process).
   absl::Status Barrier();

@@ -1,6 +1,7 @@
 #include "fabric/fabric.h"
 
 #include "checkpoint/module_state.h"
+#include "strategies/strategy.h"
 
 #include <cstdlib>
 #include <string>
@@ -52,6 +53,26 @@ TEST(Fabric, RejectsBadOptionsNamingTheOption) {
   f = Fabric::Create(o);
   ASSERT_FALSE(f.ok());
   EXPECT_NE(f.status().message().find("precision"), std::string::npos);
+}
+
+// A Fabric of several processes has no strategy before Launch(): asking for
+// it is an error naming Launch() (it used to dereference null).
+TEST(Fabric, StrategyBeforeLaunchIsAnErrorForSeveralProcesses) {
+  FabricOptions o;
+  o.accelerator = "cpu";
+  o.devices = 2;
+  auto f = Fabric::Create(o);
+  ASSERT_TRUE(f.ok()) << f.status();
+  absl::StatusOr<strategies::Strategy*> s = (*f)->strategy();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(s.status().message()).find("Launch()"), std::string::npos) << s.status();
+
+  // A single-device Fabric makes its strategy on first use.
+  std::unique_ptr<Fabric> cpu = CpuFabric();
+  absl::StatusOr<strategies::Strategy*> single = cpu->strategy();
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_EQ((*single)->name(), "single_device");
 }
 
 TEST(Fabric, SaveLoadRestoresModulesOptimizersAndValuesAndReturnsRemainder) {

@@ -149,9 +149,7 @@ absl::StatusOr<ClusterEnvironment> FromSlurm(const EnvLookup& env) {
   if (std::optional<std::string> addr = env("MASTER_ADDR"); addr.has_value() && !addr->empty()) {
     c.master_addr = *addr;
   } else if (std::optional<std::string> nodes = env("SLURM_NODELIST"); nodes.has_value()) {
-    absl::StatusOr<std::string> first = FirstSlurmHost(*nodes);
-    if (!first.ok()) return first.status();
-    c.master_addr = *first;
+    FABRIC_ASSIGN_OR_RETURN(c.master_addr, FirstSlurmHost(*nodes));
   } else if (c.num_nodes > 1) {
     return absl::InvalidArgumentError(
         "neither MASTER_ADDR nor SLURM_NODELIST is set: cannot find the master "

@@ -40,6 +40,7 @@
 #include "absl/time/time.h"
 #include "checkpoint/disk_reference.h"
 #include "strategies/fsdp.h"
+#include "checkpoint/state.h"
 #include "strategies/fsdp_checkpoint.h"
 #include "strategies/launcher.h"
 #include "strategies/process_group.h"
@@ -129,9 +130,10 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
   double bytes = 0;
   for (int r = 0; r < repeat; ++r) {
     auto plain = std::make_shared<Stack>(layers, width);
-    torch::optim::AdamW opt(plain->parameters(), torch::optim::AdamWOptions(1e-4));
-    FsdpState state;
-    state.Model("model", *plain).Optimizer("optimizer", opt).Set("step", 0);
+    auto opt_ptr = std::make_shared<torch::optim::AdamW>(
+        plain->parameters(), torch::optim::AdamWOptions(1e-4));
+    torch::optim::AdamW& opt = *opt_ptr;
+    State state{{"model", plain}, {"optimizer", opt_ptr}, {"step", 0}};
     ::sync();
     const auto [read_bytes, raw_before] = RawReadFolder(dir);
     bytes = read_bytes;
@@ -199,7 +201,9 @@ int Run() {
         layers, width, width, P / 1e6, GiB(12 * P), GiB(16 * P / world), GiB(2 * unit_bytes));
   }
   Report(rank, "after sharding");
-  torch::optim::AdamW opt(fsdp.parameters(), torch::optim::AdamWOptions(1e-4));
+  auto opt_ptr = std::make_shared<torch::optim::AdamW>(
+      fsdp.parameters(), torch::optim::AdamWOptions(1e-4));
+  torch::optim::AdamW& opt = *opt_ptr;
   ResetPeak();
   auto t0 = Clock::now();
   double fwd_s = 0, bwd_s = 0, opt_s = 0;
@@ -224,8 +228,7 @@ int Run() {
       "rank %d training peak above baseline %.2f GiB vs 16*P/N + unit = %.2f GiB (%.1f s)\n", rank,
       GiB(StatusField("VmHWM:") - baseline), GiB(16 * P / world + 2 * unit_bytes), train_s);
 
-  FsdpState state;
-  state.Model("model", fsdp).Optimizer("optimizer", opt).Set("step", 2);
+  State state{{"model", fsdp.module_ptr()}, {"optimizer", opt_ptr}, {"step", 2}};
   // Sharded saves, each into a new folder (as versioned checkpoints are), each
   // compared with the mean of a raw write of the same bytes by rank 0 just
   // before and just after it; the median save and the median ratio are
@@ -243,7 +246,7 @@ int Run() {
     if (rank == 0) raw = RawDirectWriteGBs(dir + "/raw.bin", ckpt_bytes) / 2;
     (void)ctx->Barrier();
     t0 = Clock::now();
-    s = FsdpSaveCheckpoint(sharded, state, ctx.get());
+    s = FsdpSaveCheckpoint(sharded, state, WrapperLookup({&fsdp}), ctx.get());
     save_times.push_back(Seconds(t0));
     (void)ctx->Barrier();
     if (rank == 0) {
@@ -265,21 +268,20 @@ int Run() {
   (void)ctx->Barrier();
   ResetPeak();
   t0 = Clock::now();
-  auto loaded = FsdpLoadCheckpoint(sharded, state, ctx.get());
+  auto loaded = FsdpLoadCheckpoint(sharded, state, WrapperLookup({&fsdp}));
   (void)ctx->Barrier();
   const double load_s = Seconds(t0);
   if (!loaded.ok()) std::cerr << loaded.status() << "\n";
   Report(rank, "sharded load");
   {  // The model alone (a third of the bytes), cold again.
-    FsdpState model_only;
-    model_only.Model("model", fsdp);
+    State model_only{{"model", fsdp.module_ptr()}};
     FsdpCheckpointOptions lenient;
     lenient.strict = false;
     (void)ctx->Barrier();
     if (rank == 0) DropPageCache(sharded);
     (void)ctx->Barrier();
     auto t1 = Clock::now();
-    auto r = FsdpLoadCheckpoint(sharded, model_only, ctx.get(), lenient);
+    auto r = FsdpLoadCheckpoint(sharded, model_only, WrapperLookup({&fsdp}), lenient);
     if (!r.ok()) std::cerr << r.status() << "\n";
     std::cout << absl::StrFormat("rank %d sharded load of the model alone: %.2f s\n", rank,
                                  Seconds(t1));
@@ -292,7 +294,7 @@ int Run() {
   ResetPeak();
   const int64_t before_full = StatusField("VmRSS:");
   t0 = Clock::now();
-  s = FsdpSaveCheckpoint(full, state, ctx.get(), fo);
+  s = FsdpSaveCheckpoint(full, state, WrapperLookup({&fsdp}), ctx.get(), fo);
   const double full_s = Seconds(t0);
   if (!s.ok()) std::cerr << s << "\n";
   Report(rank, "full save");

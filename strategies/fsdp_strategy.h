@@ -31,6 +31,8 @@ class FsdpStrategy : public Strategy {
   absl::Status SetupModule(const std::shared_ptr<torch::nn::Module>& module) override;
   // The FSDP wrapper of a module set up here, or null.
   FullyShardedDataParallel* fsdp(const torch::nn::Module& module) const;
+  // fsdp() as the lookup the checkpoint functions take.
+  FsdpWrapperOf wrapper_of() const;
 
   absl::Status Save(const std::string& path, const State& state,
                     const StateFilter& filter) override;

@@ -102,13 +102,28 @@ class DistributedContext {
                                            ReduceOp op = ReduceOp::kSum);
   // Rank `root`'s bytes, on every rank (for metadata: paths, JSON, ...).
   absl::StatusOr<std::string> BroadcastBytes(const std::string& bytes, int root = 0);
+  // Every rank's bytes, by rank (lengths may differ).
+  absl::StatusOr<std::vector<std::string>> AllGatherBytes(const std::string& bytes);
+
+  // Agreeing on a verdict. One error policy: a rank returns its own status
+  // unchanged; a rank that learns of another rank's failure returns that
+  // failure's code, with its message prefixed "rank <r> failed: ". A failed
+  // collective is returned as is.
+  //
+  // Rank `root`'s status on every rank (rank 0 did the work, the others
+  // return its verdict).
+  absl::Status ShareStatus(const absl::Status& mine, int root = 0);
+  // OK on every rank iff `mine` is OK on every rank; else each failed rank
+  // returns its own error and the others the lowest failed rank's.
+  absl::Status AgreeOnStatus(const absl::Status& mine);
 
   // Rank-zero helpers.
   // True on every rank iff `decision` is true on all ranks (all = true) or
   // on any rank (all = false).
   absl::StatusOr<bool> ReduceBoolean(bool decision, bool all = true);
   // Rank 0 runs `fn` first (e.g. to download or create a file), then the
-  // others; when rank 0 fails, the others do not run and all return its error.
+  // others; when rank 0 fails, the others do not run and all return its error
+  // (as ShareStatus does).
   absl::Status RankZeroFirst(const std::function<absl::Status()>& fn);
 
   // Internal.

@@ -1,8 +1,9 @@
 // Strategy: how Fabric places a model on devices, synchronizes training across
 // processes, and saves and loads checkpoints. Fabric holds exactly one.
 //
-// Implementations: SingleDeviceStrategy, DdpStrategy (strategies/ddp_strategy.h)
-// and the FSDP strategy. The checkpoint formats they write live in
+// Implementations: SingleDeviceStrategy (strategies/single_device_strategy.h),
+// DdpStrategy (strategies/ddp_strategy.h) and FsdpStrategy
+// (strategies/fsdp_strategy.h). The checkpoint formats they write live in
 // checkpoint/; a strategy decides who writes what.
 #ifndef FABRIC_STRATEGIES_STRATEGY_H_
 #define FABRIC_STRATEGIES_STRATEGY_H_
@@ -13,12 +14,13 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 #include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "checkpoint/value.h"
-#include "fabric/state.h"
-#include "fabric/state_io.h"
+#include "checkpoint/state.h"
+#include "checkpoint/state_filter.h"
 
 namespace fabric::strategies {
 

@@ -19,7 +19,7 @@
 #include "checkpoint/file_io.h"
 #include "checkpoint/torch_save.h"
 #include "checkpoint/zip_reader.h"
-#include "tools/checkpoint_kind.h"
+#include "checkpoint/checkpoint_kind.h"
 
 namespace fabric {
 namespace tools {
@@ -231,7 +231,7 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
   entries.clear();
 
   std::unique_ptr<TorchFile> meta;
-  const std::string meta_path = (fs::path(folder) / kLightningMetaFile).string();
+  const std::string meta_path = LightningMetaPath(folder);
   std::error_code ec;
   if (fs::is_regular_file(meta_path, ec)) {
     absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(meta_path);
@@ -366,7 +366,7 @@ absl::StatusOr<Value> LoadShardedCheckpoint(const std::string& folder_arg) {
   if (!reader.ok()) return reader.status();
   absl::StatusOr<Value> tree = (*reader)->ReadStateDict();
   if (!tree.ok()) return tree.status();
-  const std::string meta_path = (fs::path(folder) / kLightningMetaFile).string();
+  const std::string meta_path = LightningMetaPath(folder);
   std::error_code ec;
   if (fs::is_regular_file(meta_path, ec)) {
     absl::StatusOr<Value> extra = TorchLoad(meta_path);

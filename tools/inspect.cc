@@ -19,7 +19,7 @@
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/torch_save.h"
 #include "checkpoint/value.h"
-#include "tools/checkpoint_kind.h"
+#include "checkpoint/checkpoint_kind.h"
 #include "tools/progress.h"
 
 namespace fabric {
@@ -161,7 +161,7 @@ absl::Status InspectSharded(const std::string& dir, Inspection& out) {
     if (std::optional<int> r = RankOf(name)) {
       max_rank = std::max(max_rank, *r);
       files[name] = e.file_size(ec);
-    } else if (name == ".metadata" || name == kLightningMetaFile) {
+    } else if (name == kMetadataFileName || name == kLightningMetaFile) {
       files[name] = e.file_size(ec);
     }
   }
@@ -204,7 +204,7 @@ absl::Status InspectSharded(const std::string& dir, Inspection& out) {
       out.objects.push_back({fqn, "dcp", TypeName(*v), Repr(*v)});
     }
   }
-  const std::string meta_path = (fs::path(dir) / kLightningMetaFile).string();
+  const std::string meta_path = LightningMetaPath(dir);
   if (fs::is_regular_file(meta_path, ec)) {
     absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(meta_path);
     if (!f.ok()) return f.status();

@@ -8,8 +8,8 @@
 
 #include "checkpoint/dcp_writer.h"
 #include "checkpoint/torch_save.h"
-#include "fabric/state.h"
-#include "fabric/state_io.h"
+#include "checkpoint/state.h"
+#include "checkpoint/state_io.h"
 #include "tools/consolidate.h"
 #include "tools/test_util.h"
 

@@ -22,7 +22,7 @@
 #include "checkpoint/torch_save.h"
 #include "checkpoint/value.h"
 #include "checkpoint/zip_reader.h"
-#include "tools/checkpoint_kind.h"
+#include "checkpoint/checkpoint_kind.h"
 
 namespace fabric {
 namespace tools {
@@ -337,7 +337,7 @@ absl::Status Verifier::Sharded(const std::string& dir) {
       }
     }
   }
-  const std::string meta_path = (fs::path(dir) / kLightningMetaFile).string();
+  const std::string meta_path = LightningMetaPath(dir);
   const bool has_meta = fs::is_regular_file(meta_path, ec);
   if (has_meta) total += fs::file_size(meta_path, ec);
   set_total(total);

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
+#include "checkpoint/checkpoint_kind.h"
 
 namespace fabric::trainers {
 namespace fs = std::filesystem;
@@ -45,9 +46,9 @@ absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(const std::string& 
     CheckpointEntry c;
     c.step = *step;
     c.path = e.path().string();
-    c.is_directory = e.is_directory(ec);
-    c.complete = c.is_directory ? fs::is_regular_file(e.path() / ".metadata", ec)
-                                : e.is_regular_file(ec);
+    const CheckpointLayout layout = StatCheckpoint(c.path);
+    c.is_directory = layout.is_sharded();
+    c.complete = layout.complete;
     out.push_back(std::move(c));
   }
   std::sort(out.begin(), out.end(),

@@ -26,10 +26,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "checkpoint/checkpoint_kind.h"
 #include "checkpoint/torch_save.h"
 #include "checkpoint/value.h"
 #include "fabric/fabric.h"
-#include "strategies/fsdp_checkpoint.h"
 #include "trainers/checkpoints.h"
 #include "trainers/trainer.h"
 #include "trainers/transformer.h"
@@ -58,7 +58,7 @@ int Fail(const absl::Status& s) {
 // The checkpoint's "hparams" entry, read without loading any tensor.
 absl::StatusOr<Dict> ReadHparams(const std::string& path, bool sharded) {
   const std::string file =
-      sharded ? (fs::path(path) / fabric::strategies::kFsdpMetaFileName).string() : path;
+      sharded ? fabric::LightningMetaPath(path) : path;
   absl::StatusOr<std::unique_ptr<fabric::TorchFile>> f = fabric::TorchFile::Open(file);
   if (!f.ok()) return f.status();
   const Value& root = (*f)->root();
@@ -93,7 +93,8 @@ int main(int argc, char** argv) {
   std::string path = ResolveUserPath(absl::GetFlag(FLAGS_checkpoint));
   if (!fs::exists(path)) return Fail(absl::NotFoundError(absl::StrCat("--checkpoint: ", path, " does not exist")));
   // A folder of versioned checkpoints: take the newest complete one.
-  if (fs::is_directory(path) && !fs::exists(fs::path(path) / ".metadata")) {
+  if (const fabric::CheckpointLayout layout = fabric::StatCheckpoint(path);
+      layout.is_sharded() && !layout.complete) {
     absl::StatusOr<std::optional<fabric::trainers::CheckpointEntry>> latest =
         fabric::trainers::LatestCheckpoint(path);
     if (!latest.ok()) return Fail(latest.status());
@@ -103,7 +104,7 @@ int main(int argc, char** argv) {
     }
     path = (*latest)->path;
   }
-  const bool sharded = fs::is_directory(path);
+  const bool sharded = fabric::StatCheckpoint(path).is_sharded();
   absl::StatusOr<Dict> hp = ReadHparams(path, sharded);
   if (!hp.ok()) return Fail(hp.status());
 
@@ -137,12 +138,8 @@ int main(int argc, char** argv) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
   }();
-  if (sharded) {
-    fabric::strategies::FsdpState state;
-    state.Model("model", *model);
-    absl::StatusOr<Dict> rest = fabric::strategies::FsdpLoadCheckpoint(path, state, nullptr);
-    if (!rest.ok()) return Fail(rest.status());
-  } else {
+  {
+    // A single-device Fabric loads both kinds (a sharded folder chunk by chunk).
     fabric::FabricOptions fo;
     fo.accelerator = "cpu";
     auto f = fabric::Fabric::Create(fo);

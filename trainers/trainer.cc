@@ -373,7 +373,8 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     const int cores = static_cast<int>(std::thread::hardware_concurrency());
     at::set_num_threads(std::max(1, cores / o.devices));
   }
-  DistributedContext* context = fabric.strategy().context();  // null for one process
+  FABRIC_ASSIGN_OR_RETURN(strategies::Strategy * strategy, fabric.strategy());
+  DistributedContext* context = strategy->context();  // null for one process
 
   // --- Data.
   std::string split_name = o.split;

@@ -139,6 +139,37 @@ absl::Status CheckCollectives(strategies::DistributedContext& ctx) {
   });
   CHECK_OK(ExpectTrue(failed.message().find("no dataset") != std::string::npos,
                       "RankZeroFirst error: " + failed.ToString()));
+  // One error policy: rank 0's code on every rank, and which rank failed.
+  CHECK_OK(ExpectTrue(failed.code() == absl::StatusCode::kNotFound,
+                      "RankZeroFirst keeps rank 0's code: " + failed.ToString()));
+  CHECK_OK(ExpectTrue(rank == 0 || failed.message().find("rank 0 failed") != std::string::npos,
+                      "RankZeroFirst names rank 0: " + failed.ToString()));
+
+  // ShareStatus: the root's verdict everywhere; AgreeOnStatus: any rank's.
+  CHECK_OK(ctx.ShareStatus(rank == 0 ? absl::OkStatus() : absl::InternalError("ignored")));
+  absl::Status shared = ctx.ShareStatus(
+      rank == world - 1 ? absl::PermissionDeniedError("read-only folder") : absl::OkStatus(),
+      world - 1);
+  CHECK_OK(ExpectTrue(shared.code() == absl::StatusCode::kPermissionDenied &&
+                          shared.message().find("read-only folder") != std::string::npos &&
+                          (rank == world - 1 ||
+                           shared.message().find(absl::StrCat("rank ", world - 1, " failed")) !=
+                               std::string::npos),
+                      "ShareStatus from the last rank: " + shared.ToString()));
+  CHECK_OK(ctx.AgreeOnStatus(absl::OkStatus()));
+  absl::Status agreed = ctx.AgreeOnStatus(
+      rank == world - 1 ? absl::ResourceExhaustedError("disk full") : absl::OkStatus());
+  CHECK_OK(ExpectTrue(agreed.code() == absl::StatusCode::kResourceExhausted &&
+                          agreed.message().find("disk full") != std::string::npos,
+                      "AgreeOnStatus: " + agreed.ToString()));
+  absl::StatusOr<std::vector<std::string>> gathered_bytes =
+      ctx.AllGatherBytes(std::string(static_cast<size_t>(rank), 'x'));
+  if (!gathered_bytes.ok()) return gathered_bytes.status();
+  bool lengths_ok = gathered_bytes->size() == static_cast<size_t>(world);
+  for (int r = 0; lengths_ok && r < world; ++r) {
+    lengths_ok = (*gathered_bytes)[r] == std::string(static_cast<size_t>(r), 'x');
+  }
+  CHECK_OK(ExpectTrue(lengths_ok, "AllGatherBytes of every rank's bytes"));
   return ctx.Barrier();
 }
 

@@ -24,6 +24,7 @@
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/optimizer_state.h"
+#include "checkpoint/state.h"
 #include "checkpoint/torch_save.h"
 #include "checkpoint/value.h"
 #include "strategies/cluster_environment.h"
@@ -40,7 +41,7 @@ namespace fs = std::filesystem;
 using strategies::DistributedContext;
 using strategies::FsdpCheckpointOptions;
 using strategies::FsdpOptions;
-using strategies::FsdpState;
+using strategies::WrapperLookup;
 using strategies::FullyShardedDataParallel;
 using strategies::StateDictType;
 
@@ -93,15 +94,21 @@ absl::Status ExpectBits(const at::Tensor& got, const at::Tensor& want, const std
   return absl::OkStatus();
 }
 
+// A value entry of `state`, or null.
+const Value* FindValue(const State& state, const std::string& key) {
+  const StateEntry* e = state.Find(key);
+  return e != nullptr && e->is_value() ? &e->value() : nullptr;
+}
+
 // Checks the loaded state against the reference of the N-rank save.
-absl::Status CheckLoaded(const FsdpState& state, const Dict& remaining,
+absl::Status CheckLoaded(const State& state, const Dict& remaining,
                          const torch::optim::Optimizer& opt, const Dict& ref,
                          FullyShardedDataParallel* fsdp, Net* plain, const std::string& what) {
   CHECK_OK(Check(remaining.empty(), what + "unexpected remaining metadata"));
-  const Value* step = state.Find("step");
+  const Value* step = FindValue(state, "step");
   CHECK_OK(Check(step != nullptr && step->is_int() && step->as_int() == kSavedSteps,
                  what + "step not restored"));
-  const Value* extra = state.Find("extra");
+  const Value* extra = FindValue(state, "extra");
   CHECK_OK(Check(extra != nullptr && extra->is_dict() &&
                      *extra->as_dict().Find("note") == Value("hello") &&
                      at::equal(extra->as_dict().Find("t")->as_tensor(), at::arange(3).to(at::kFloat)),
@@ -156,11 +163,14 @@ absl::Status LoadPhase(const strategies::ClusterEnvironment& c) {
       absl::Status s;
       auto fsdp = Wrap(net, ctx, &s);
       CHECK_OK(s);
-      torch::optim::AdamW opt(fsdp->parameters(), torch::optim::AdamWOptions(0.5));
-      FsdpState state;
-      state.Model("model", *fsdp).Optimizer("optimizer", opt).Set("step", 0).Set("extra",
-                                                                                  Value());
-      absl::StatusOr<Dict> remaining = strategies::FsdpLoadCheckpoint(path, state, ctx.get());
+      auto opt_ptr = std::make_shared<torch::optim::AdamW>(
+          fsdp->parameters(), torch::optim::AdamWOptions(0.5));
+      torch::optim::AdamW& opt = *opt_ptr;
+      State state{{"model", fsdp->module_ptr()},
+                  {"optimizer", opt_ptr},
+                  {"step", 0},
+                  {"extra", Value()}};
+      absl::StatusOr<Dict> remaining = strategies::FsdpLoadCheckpoint(path, state, WrapperLookup({fsdp.get()}));
       if (!remaining.ok()) return absl::InternalError(what + remaining.status().ToString());
       CHECK_OK(CheckLoaded(state, *remaining, opt, ref, fsdp.get(), nullptr, what));
       for (int step = kSavedSteps; step < kSavedSteps + kMoreSteps; ++step) {
@@ -176,7 +186,7 @@ absl::Status LoadPhase(const strategies::ClusterEnvironment& c) {
         buffers.push_back(st.Find("exp_avg")->as_tensor().data_ptr());
         buffers.push_back(st.Find("exp_avg_sq")->as_tensor().data_ptr());
       }
-      remaining = strategies::FsdpLoadCheckpoint(path, state, ctx.get());
+      remaining = strategies::FsdpLoadCheckpoint(path, state, WrapperLookup({fsdp.get()}));
       if (!remaining.ok()) return absl::InternalError(what + remaining.status().ToString());
       CHECK_OK(CheckLoaded(state, *remaining, opt, ref, fsdp.get(), nullptr, what + "reload "));
       for (size_t i = 0; i < fsdp->params().size(); ++i) {
@@ -208,10 +218,10 @@ absl::Status LoadPhase(const strategies::ClusterEnvironment& c) {
         const std::string what = absl::StrCat("[saved on ", n, ", plain module, ",
                                               kind == 0 ? "sharded" : "full", "] ");
         std::shared_ptr<Net> net = MakeNet(56);
-        torch::optim::AdamW opt(net->parameters(), torch::optim::AdamWOptions(0.5));
-        FsdpState state;
-        state.Model("model", *net).Optimizer("optimizer", opt).Set("step", 0).Set("extra",
-                                                                                   Value());
+        auto opt_ptr = std::make_shared<torch::optim::AdamW>(
+            net->parameters(), torch::optim::AdamWOptions(0.5));
+        torch::optim::AdamW& opt = *opt_ptr;
+        State state{{"model", net}, {"optimizer", opt_ptr}, {"step", 0}, {"extra", Value()}};
         absl::StatusOr<Dict> remaining =
             strategies::FsdpLoadCheckpoint(kind == 0 ? Sharded(n) : Full(n), state, nullptr);
         if (!remaining.ok()) return absl::InternalError(what + remaining.status().ToString());
@@ -238,18 +248,19 @@ absl::Status InterruptPhase(const strategies::ClusterEnvironment& c) {
   absl::Status s;
   auto fsdp = Wrap(net, ctx, &s);
   CHECK_OK(s);
-  torch::optim::AdamW opt(fsdp->parameters(), torch::optim::AdamWOptions(kLr));
+  auto opt_ptr = std::make_shared<torch::optim::AdamW>(
+      fsdp->parameters(), torch::optim::AdamWOptions(kLr));
+  torch::optim::AdamW& opt = *opt_ptr;
   CHECK_OK(TrainStep(*net, fsdp.get(), opt, 0, rank, world));
-  FsdpState state;
-  state.Model("model", *fsdp).Optimizer("optimizer", opt).Set("step", 1);
+  State state{{"model", fsdp->module_ptr()}, {"optimizer", opt_ptr}, {"step", 1}};
   const std::string a = Dir() + "/interrupt_a", b = Dir() + "/interrupt_b";
-  CHECK_OK(strategies::FsdpSaveCheckpoint(a, state, ctx.get()));
+  CHECK_OK(strategies::FsdpSaveCheckpoint(a, state, WrapperLookup({fsdp.get()}), ctx.get()));
   CHECK_OK(TrainStep(*net, fsdp.get(), opt, 1, rank, world));
   FsdpCheckpointOptions options;
   options.before_commit = [rank] {
     if (rank == 1) _exit(7);  // dies after writing its shard, before the commit
   };
-  absl::Status saved = strategies::FsdpSaveCheckpoint(b, state, ctx.get(), options);
+  absl::Status saved = strategies::FsdpSaveCheckpoint(b, state, WrapperLookup({fsdp.get()}), ctx.get(), options);
   CHECK_OK(Check(!saved.ok(), "the save with a killed rank reported success"));
   std::cerr << "interrupted save failed as expected: " << saved << "\n";
   CHECK_OK(Check(!fs::exists(b + "/.metadata"), "the interrupted folder has a .metadata"));
@@ -257,15 +268,16 @@ absl::Status InterruptPhase(const strategies::ClusterEnvironment& c) {
   // The interrupted folder is refused, the earlier one loads (here into a
   // plain module: the process group died with rank 1).
   std::shared_ptr<Net> plain = MakeNet(10);
-  torch::optim::AdamW popt(plain->parameters(), torch::optim::AdamWOptions(0.5));
-  FsdpState load;
-  load.Model("model", *plain).Optimizer("optimizer", popt).Set("step", 0);
+  auto popt_ptr = std::make_shared<torch::optim::AdamW>(
+      plain->parameters(), torch::optim::AdamWOptions(0.5));
+  torch::optim::AdamW& popt = *popt_ptr;
+  State load{{"model", plain}, {"optimizer", popt_ptr}, {"step", 0}};
   absl::StatusOr<Dict> refused = strategies::FsdpLoadCheckpoint(b, load, nullptr);
   CHECK_OK(Check(!refused.ok() && refused.status().message().find("incomplete") != std::string::npos,
                  "interrupted folder: " + refused.status().ToString()));
   absl::StatusOr<Dict> loaded = strategies::FsdpLoadCheckpoint(a, load, nullptr);
   CHECK_OK(loaded.status());
-  CHECK_OK(Check(load.Find("step")->as_int() == 1, "step of the earlier checkpoint"));
+  CHECK_OK(Check(FindValue(load, "step")->as_int() == 1, "step of the earlier checkpoint"));
   return absl::OkStatus();
 }
 
@@ -326,9 +338,8 @@ TEST(FsdpCheckpoint, SaveOnNLoadOnMForAllNAndM) {
     absl::Status s;
     auto fsdp = Wrap(net, *ctx, &s);
     ASSERT_TRUE(s.ok()) << s;
-    FsdpState state;
-    state.Model("model", *fsdp);
-    ASSERT_TRUE(strategies::FsdpSaveCheckpoint(dir + "/shrink", state, ctx->get()).ok());
+    State state{{"model", fsdp->module_ptr()}};
+    ASSERT_TRUE(strategies::FsdpSaveCheckpoint(dir + "/shrink", state, WrapperLookup({fsdp.get()}), ctx->get()).ok());
     EXPECT_TRUE(fs::exists(dir + "/shrink/__0_0.distcp"));
     EXPECT_FALSE(fs::exists(dir + "/shrink/__1_0.distcp"));
     EXPECT_FALSE(fs::exists(dir + "/shrink/__3_0.distcp"));
@@ -360,9 +371,10 @@ TEST(FsdpCheckpoint, DamagedFoldersGiveErrorsNamingFileAndKey) {
   const std::string good = Sharded(2);
 
   auto load_into_plain = [&](const std::string& path, bool strict, Net* net) {
-    torch::optim::AdamW opt(net->parameters(), torch::optim::AdamWOptions(0.5));
-    FsdpState state;
-    state.Model("model", *net).Optimizer("optimizer", opt).Set("step", 0).Set("extra", Value());
+    auto opt_ptr = std::make_shared<torch::optim::AdamW>(
+        net->parameters(), torch::optim::AdamWOptions(0.5));
+    torch::optim::AdamW& opt = *opt_ptr;
+    State state{{"model", net}, {"optimizer", opt_ptr}, {"step", 0}, {"extra", Value()}};
     FsdpCheckpointOptions options;
     options.strict = strict;
     return strategies::FsdpLoadCheckpoint(path, state, nullptr, options).status();
@@ -400,8 +412,7 @@ TEST(FsdpCheckpoint, DamagedFoldersGiveErrorsNamingFileAndKey) {
   }
   {  // A model with other parameters: every missing and unexpected key listed.
     std::shared_ptr<Net> two = std::make_shared<Net>(2);
-    FsdpState state;
-    state.Model("model", *two).Set("step", 0).Set("extra", Value()).Set("absent", 1);
+    State state{{"model", two}, {"step", 0}, {"extra", Value()}, {"absent", 1}};
     absl::StatusOr<Dict> r = strategies::FsdpLoadCheckpoint(good, state, nullptr);
     ASSERT_FALSE(r.ok());
     const std::string m(r.status().message());
@@ -411,11 +422,10 @@ TEST(FsdpCheckpoint, DamagedFoldersGiveErrorsNamingFileAndKey) {
     // Non-strict: loads what matches, reports nothing fatal.
     FsdpCheckpointOptions lenient;
     lenient.strict = false;
-    FsdpState state2;
-    state2.Model("model", *two).Set("step", 0);
+    State state2{{"model", two}, {"step", 0}};
     absl::StatusOr<Dict> ok = strategies::FsdpLoadCheckpoint(good, state2, nullptr, lenient);
     EXPECT_TRUE(ok.ok()) << ok.status();
-    EXPECT_EQ(state2.Find("step")->as_int(), kSavedSteps);
+    EXPECT_EQ(FindValue(state2, "step")->as_int(), kSavedSteps);
     EXPECT_TRUE(ok->Contains("extra"));  // not asked for: returned
   }
   {  // A parameter of another shape.
@@ -424,8 +434,7 @@ TEST(FsdpCheckpoint, DamagedFoldersGiveErrorsNamingFileAndKey) {
       torch::nn::Linear inp{nullptr};
     };
     auto odd = std::make_shared<Odd>();
-    FsdpState state;
-    state.Model("model", *odd);
+    State state{{"model", odd}};
     FsdpCheckpointOptions lenient;
     lenient.strict = false;
     absl::StatusOr<Dict> r = strategies::FsdpLoadCheckpoint(good, state, nullptr, lenient);

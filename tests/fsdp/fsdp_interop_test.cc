@@ -23,6 +23,7 @@
 #include "checkpoint/value.h"
 #include "strategies/cluster_environment.h"
 #include "strategies/fsdp.h"
+#include "checkpoint/state.h"
 #include "strategies/fsdp_checkpoint.h"
 #include "tests/fsdp/fsdp_test_util.h"
 #include "tests/distributed/rank_main.h"
@@ -76,10 +77,11 @@ absl::Status LoadPython(const strategies::ClusterEnvironment& c) {
   absl::Status s;
   auto fsdp = WrapBlocks(net, ctx, &s);
   CHECK_OK(s);
-  torch::optim::AdamW opt(fsdp->parameters(), torch::optim::AdamWOptions(0.5));
-  strategies::FsdpState state;
-  state.Model("model", *fsdp).Optimizer("optimizer", opt);
-  auto remaining = strategies::FsdpLoadCheckpoint(folder, state, ctx.get());
+  auto opt_ptr = std::make_shared<torch::optim::AdamW>(
+      fsdp->parameters(), torch::optim::AdamWOptions(0.5));
+  torch::optim::AdamW& opt = *opt_ptr;
+  State state{{"model", fsdp->module_ptr()}, {"optimizer", opt_ptr}};
+  auto remaining = strategies::FsdpLoadCheckpoint(folder, state, strategies::WrapperLookup({fsdp.get()}));
   if (!remaining.ok()) return absl::InternalError(what + remaining.status().ToString());
   const auto& group = static_cast<const torch::optim::AdamWOptions&>(opt.param_groups()[0].options());
   CHECK_OK(Check(group.lr() == 2e-2 && group.weight_decay() == 0.03, what + "param_groups"));
@@ -102,9 +104,10 @@ absl::Status LoadPython(const strategies::ClusterEnvironment& c) {
 
   if (ctx->world_size() == 1) {  // and into a plain module, no FSDP
     std::shared_ptr<Net> plain = MakeNet(78);
-    torch::optim::AdamW popt(plain->parameters(), torch::optim::AdamWOptions(0.5));
-    strategies::FsdpState ps;
-    ps.Model("model", *plain).Optimizer("optimizer", popt);
+    auto popt_ptr = std::make_shared<torch::optim::AdamW>(
+        plain->parameters(), torch::optim::AdamWOptions(0.5));
+    torch::optim::AdamW& popt = *popt_ptr;
+    State ps{{"model", plain}, {"optimizer", popt_ptr}};
     auto r = strategies::FsdpLoadCheckpoint(folder, ps, nullptr);
     if (!r.ok()) return absl::InternalError("[python -> plain] " + r.status().ToString());
     for (const auto& item : plain->named_parameters()) {

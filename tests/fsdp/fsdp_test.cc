@@ -25,7 +25,7 @@
 #include "checkpoint/optimizer_state.h"
 #include "strategies/cluster_environment.h"
 #include "strategies/fsdp.h"
-#include "strategies/fsdp_checkpoint.h"
+#include "strategies/fsdp_optimizer_state.h"
 #include "strategies/process_group.h"
 #include "tests/fsdp/fsdp_test_util.h"
 #include "tests/distributed/rank_main.h"

@@ -12,6 +12,7 @@
 #include "checkpoint/optimizer_state.h"
 #include "checkpoint/torch_save.h"
 #include "strategies/free_port.h"
+#include "checkpoint/state.h"
 #include "strategies/fsdp_checkpoint.h"
 
 namespace fabric::testing {
@@ -190,19 +191,21 @@ absl::Status SaveReferenceRun(const strategies::ClusterEnvironment& c, const std
   absl::Status s;
   auto fsdp = WrapBlocks(net, ctx, &s);
   if (!s.ok()) return s;
-  torch::optim::AdamW opt(fsdp->parameters(), torch::optim::AdamWOptions(kLr).weight_decay(0.05));
+  auto opt_ptr = std::make_shared<torch::optim::AdamW>(
+      fsdp->parameters(), torch::optim::AdamWOptions(kLr).weight_decay(0.05));
+  torch::optim::AdamW& opt = *opt_ptr;
   for (int step = 0; step < kSavedSteps; ++step) {
     if (s = TrainStep(*net, fsdp.get(), opt, step, rank, world); !s.ok()) return s;
   }
-  strategies::FsdpState state;
-  state.Model("model", *fsdp).Optimizer("optimizer", opt).Set("step", kSavedSteps);
+  State state{{"model", fsdp->module_ptr()}, {"optimizer", opt_ptr}, {"step", kSavedSteps}};
   state.Set("extra", ExtraValue());
-  if (s = strategies::FsdpSaveCheckpoint(ShardedPath(dir, world), state, ctx.get()); !s.ok()) {
+  const strategies::FsdpWrapperOf wrapper_of = strategies::WrapperLookup({fsdp.get()});
+  if (s = strategies::FsdpSaveCheckpoint(ShardedPath(dir, world), state, wrapper_of, ctx.get()); !s.ok()) {
     return s;
   }
   strategies::FsdpCheckpointOptions full;
   full.state_dict_type = strategies::StateDictType::kFull;
-  if (s = strategies::FsdpSaveCheckpoint(FullPath(dir, world), state, ctx.get(), full); !s.ok()) {
+  if (s = strategies::FsdpSaveCheckpoint(FullPath(dir, world), state, wrapper_of, ctx.get(), full); !s.ok()) {
     return s;
   }
   Dict ref;

@@ -3,25 +3,19 @@
 // Strategy-independent: the single-device and DDP strategies write the tree
 // with TorchSave; loading restores modules and optimizers in place, reading
 // tensor bytes straight from the file into their parameters.
-#ifndef FABRIC_FABRIC_STATE_IO_H_
-#define FABRIC_FABRIC_STATE_IO_H_
+#ifndef FABRIC_CHECKPOINT_STATE_IO_H_
+#define FABRIC_CHECKPOINT_STATE_IO_H_
 
-#include <functional>
-#include <map>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "checkpoint/torch_save.h"
 #include "checkpoint/value.h"
-#include "fabric/state.h"
+#include "checkpoint/state.h"
+#include "checkpoint/state_filter.h"
 
 namespace fabric {
-
-// Per top-level entry, a predicate over the keys of that entry's state dict
-// (or of a plain dict value): only the items it accepts are saved.
-using StateFilter =
-    std::map<std::string, std::function<bool(const std::string& key, const Value& value)>>;
 
 // Modules become their state dicts, optimizers their PyTorch-layout state
 // dicts, plain values stay as they are; then the filter is applied.
@@ -43,4 +37,4 @@ absl::Status LoadRawOptimizer(const TorchFile& file, torch::optim::Optimizer& op
 
 }  // namespace fabric
 
-#endif  // FABRIC_FABRIC_STATE_IO_H_
+#endif  // FABRIC_CHECKPOINT_STATE_IO_H_

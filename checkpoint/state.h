@@ -11,12 +11,13 @@
 //   state["step"] = 0;
 //   ...
 //   int64_t step = state["step"].value().as_int();
-#ifndef FABRIC_FABRIC_STATE_H_
-#define FABRIC_FABRIC_STATE_H_
+#ifndef FABRIC_CHECKPOINT_STATE_H_
+#define FABRIC_CHECKPOINT_STATE_H_
 
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -36,6 +37,9 @@ class StateEntry {
   StateEntry() = default;  // a None value
   StateEntry(std::shared_ptr<torch::nn::Module> module)  // NOLINT: implicit by design
       : kind_(Kind::kModule), module_(std::move(module)) {}
+  template <typename M, std::enable_if_t<std::is_base_of_v<torch::nn::Module, M>, int> = 0>
+  StateEntry(std::shared_ptr<M> module)  // NOLINT: a derived module type
+      : StateEntry(std::static_pointer_cast<torch::nn::Module>(std::move(module))) {}
   template <typename M>
   StateEntry(const torch::nn::ModuleHolder<M>& holder)  // NOLINT
       : StateEntry(std::static_pointer_cast<torch::nn::Module>(holder.ptr())) {}
@@ -90,4 +94,4 @@ class State {
 
 }  // namespace fabric
 
-#endif  // FABRIC_FABRIC_STATE_H_
+#endif  // FABRIC_CHECKPOINT_STATE_H_

@@ -1,4 +1,4 @@
-#include "fabric/state.h"
+#include "checkpoint/state.h"
 
 #include <gtest/gtest.h>
 #include <torch/nn/modules/linear.h>

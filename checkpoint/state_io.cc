@@ -1,4 +1,4 @@
-#include "fabric/state_io.h"
+#include "checkpoint/state_io.h"
 
 #include <unordered_map>
 #include <utility>
@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/optimizer_state.h"
 
@@ -85,9 +86,8 @@ absl::StatusOr<Dict> RekeyByIndex(const Dict& saved, const torch::optim::Optimiz
     if (k.is_string() && k.as_string() == "state" && v.is_dict()) {
       Dict st;
       for (const auto& [name, per_param] : v.as_dict()) {
-        absl::StatusOr<Value> idx = to_index(name);
-        if (!idx.ok()) return idx.status();
-        st.Set(*idx, per_param);
+        FABRIC_ASSIGN_OR_RETURN(Value idx, to_index(name));
+        st.Set(idx, per_param);
       }
       out.Set(k, Value(std::move(st)));
     } else if (k.is_string() && k.as_string() == "param_groups" && v.is_sequence()) {
@@ -98,9 +98,8 @@ absl::StatusOr<Dict> RekeyByIndex(const Dict& saved, const torch::optim::Optimiz
         if (const Value* ps = g.as_dict().Find("params"); ps && ps->is_sequence()) {
           std::vector<Value> ids;
           for (const Value& name : ps->items()) {
-            absl::StatusOr<Value> idx = to_index(name);
-            if (!idx.ok()) return idx.status();
-            ids.push_back(*idx);
+            FABRIC_ASSIGN_OR_RETURN(Value idx, to_index(name));
+            ids.push_back(std::move(idx));
           }
           ng.Set("params", Value::List(std::move(ids)));
         }
@@ -181,22 +180,20 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
     if (v == nullptr) continue;
     switch (entry.kind()) {
       case StateEntry::Kind::kModule: {
-        absl::StatusOr<const Dict*> d = EntryDict(file, key, *v);
-        if (!d.ok()) return d.status();
+        FABRIC_ASSIGN_OR_RETURN(const Dict* d, EntryDict(file, key, *v));
         // A strict mismatch comes back as an error listing every problem.
         absl::StatusOr<StateLoadReport> report =
-            LoadModuleState(entry.module(), **d, strict, SourceFor(file), file.path(),
+            LoadModuleState(entry.module(), *d, strict, SourceFor(file), file.path(),
                             BatchSourceFor(file));
         if (!report.ok()) return Annotate(report.status(), absl::StrCat("entry '", key, "': "));
         break;
       }
       case StateEntry::Kind::kOptimizer: {
-        absl::StatusOr<const Dict*> d = EntryDict(file, key, *v);
-        if (!d.ok()) return d.status();
-        absl::StatusOr<Dict> by_index =
-            RekeyByIndex(**d, entry.optimizer(), state, absl::StrCat(file.path(), ": ", key));
-        if (!by_index.ok()) return by_index.status();
-        if (absl::Status s = LoadOptimizerState(entry.optimizer(), *by_index, SourceFor(file), key,
+        FABRIC_ASSIGN_OR_RETURN(const Dict* d, EntryDict(file, key, *v));
+        FABRIC_ASSIGN_OR_RETURN(
+            Dict by_index,
+            RekeyByIndex(*d, entry.optimizer(), state, absl::StrCat(file.path(), ": ", key)));
+        if (absl::Status s = LoadOptimizerState(entry.optimizer(), by_index, SourceFor(file), key,
                                               BatchSourceFor(file));
             !s.ok()) {
           return Annotate(s, absl::StrCat(file.path(), ": "));
@@ -214,21 +211,19 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
   Dict remainder;
   for (const auto& [k, v] : saved) {
     if (k.is_string() && state.Contains(k.as_string())) continue;
-    absl::StatusOr<Value> m = file.Materialize(v);
-    if (!m.ok()) return m.status();
-    remainder.Set(k, *std::move(m));
+    FABRIC_ASSIGN_OR_RETURN(Value m, file.Materialize(v));
+    remainder.Set(k, std::move(m));
   }
   return remainder;
 }
 
 absl::StatusOr<Dict> LoadAllFromCheckpoint(const TorchFile& file) {
-  absl::StatusOr<Value> all = file.Materialize(file.root());
-  if (!all.ok()) return all.status();
-  if (!all->is_dict()) {
+  FABRIC_ASSIGN_OR_RETURN(Value all, file.Materialize(file.root()));
+  if (!all.is_dict()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(file.path(), ": the checkpoint holds a ", all->kind_name(), ", not a dict"));
+        absl::StrCat(file.path(), ": the checkpoint holds a ", all.kind_name(), ", not a dict"));
   }
-  return all->as_dict();
+  return all.as_dict();
 }
 
 absl::Status LoadRawModule(const TorchFile& file, torch::nn::Module& module, bool strict) {

@@ -1,4 +1,4 @@
-#include "fabric/state.h"
+#include "checkpoint/state.h"
 
 namespace fabric {
 

@@ -1,4 +1,4 @@
-#include "tools/checkpoint_kind.h"
+#include "checkpoint/checkpoint_kind.h"
 
 #include <filesystem>
 #include <fstream>
@@ -9,9 +9,31 @@
 #include "absl/strings/str_cat.h"
 
 namespace fabric {
-namespace tools {
 
 namespace fs = std::filesystem;
+
+CheckpointLayout StatCheckpoint(const std::string& path) {
+  CheckpointLayout out;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || !fs::exists(st)) return out;
+  if (fs::is_directory(st)) {
+    out.kind = CheckpointKind::kSharded;
+    out.complete = fs::is_regular_file(MetadataPath(path), ec);
+  } else if (fs::is_regular_file(st)) {
+    out.kind = CheckpointKind::kSingleFile;
+    out.complete = true;
+  }
+  return out;
+}
+
+std::string LightningMetaPath(const std::string& dir) {
+  return (fs::path(dir) / kLightningMetaFile).string();
+}
+
+std::string MetadataPath(const std::string& dir) {
+  return (fs::path(dir) / kMetadataFileName).string();
+}
 
 std::string StripTrailingSlashes(std::string path) {
   while (path.size() > 1 && path.back() == '/') path.pop_back();
@@ -20,12 +42,12 @@ std::string StripTrailingSlashes(std::string path) {
 
 absl::StatusOr<CheckpointKind> DetectCheckpointKind(const std::string& path) {
   std::error_code ec;
-  const fs::file_status st = fs::status(path, ec);
-  if (ec || !fs::exists(st)) {
+  if (!fs::exists(fs::status(path, ec))) {
     return absl::NotFoundError(absl::StrCat("no such file or folder: '", path, "'"));
   }
-  if (fs::is_directory(st)) {
-    if (fs::is_regular_file(fs::path(path) / ".metadata", ec)) return CheckpointKind::kSharded;
+  const CheckpointLayout layout = StatCheckpoint(path);
+  if (layout.is_sharded()) {
+    if (layout.complete) return CheckpointKind::kSharded;
     bool has_shards = false;
     for (const auto& e : fs::directory_iterator(path, ec)) {
       const std::string name = e.path().filename().string();
@@ -39,7 +61,7 @@ absl::StatusOr<CheckpointKind> DetectCheckpointKind(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrCat(
         "not a checkpoint: '", path, "' is a folder without .metadata or shard files"));
   }
-  if (!fs::is_regular_file(st)) {
+  if (!layout.is_single_file()) {
     return absl::InvalidArgumentError(absl::StrCat("not a checkpoint: '", path,
                                                    "' is not a regular file or folder"));
   }
@@ -52,5 +74,4 @@ absl::StatusOr<CheckpointKind> DetectCheckpointKind(const std::string& path) {
   return CheckpointKind::kSingleFile;
 }
 
-}  // namespace tools
 }  // namespace fabric
