@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <system_error>
+#include <utility>
 #include <variant>
 
 #include <nlohmann/json.hpp>
@@ -269,15 +270,9 @@ std::string InspectionText(const Inspection& in) {
 
 std::string InspectionJson(const Inspection& in) {
   using Json = nlohmann::ordered_json;  // keeps the fields in the documented order
-  Json j;
-  j["path"] = in.path;
-  j["format"] = in.format;
-  j["detail"] = in.detail;
-  j["world_size"] = in.world_size ? Json(*in.world_size) : Json(nullptr);
-  j["tensor_bytes"] = in.tensor_bytes;
-  Json& files = j["files"] = Json::array();
+  Json files = Json::array();
   for (const FileEntry& f : in.files) files.push_back({{"name", f.name}, {"bytes", f.bytes}});
-  Json& tensors = j["tensors"] = Json::array();
+  Json tensors = Json::array();
   for (const TensorEntry& t : in.tensors) {
     Json e = {{"key", t.key},
               {"source", t.source},
@@ -285,7 +280,7 @@ std::string InspectionJson(const Inspection& in) {
               {"shape", t.shape},
               {"bytes", t.nbytes}};
     if (t.source == "dcp") {
-      Json& chunks = e["chunks"] = Json::array();
+      Json chunks = Json::array();
       for (const ChunkLayout& c : t.chunks) {
         chunks.push_back({{"offsets", c.offsets},
                           {"sizes", c.sizes},
@@ -293,13 +288,22 @@ std::string InspectionJson(const Inspection& in) {
                           {"offset", c.offset},
                           {"length", c.length}});
       }
+      e["chunks"] = std::move(chunks);
     }
     tensors.push_back(std::move(e));
   }
-  Json& objects = j["objects"] = Json::array();
+  Json objects = Json::array();
   for (const ObjectEntry& o : in.objects) {
     objects.push_back({{"key", o.key}, {"source", o.source}, {"type", o.type}, {"repr", o.repr}});
   }
+  const Json j = {{"path", in.path},
+                  {"format", in.format},
+                  {"detail", in.detail},
+                  {"world_size", in.world_size ? Json(*in.world_size) : Json(nullptr)},
+                  {"tensor_bytes", in.tensor_bytes},
+                  {"files", std::move(files)},
+                  {"tensors", std::move(tensors)},
+                  {"objects", std::move(objects)}};
   return Dump(j) + "\n";
 }
 
