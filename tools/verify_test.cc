@@ -6,6 +6,7 @@
 #include <string>
 #include <variant>
 
+#include <ATen/ops/arange.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
