@@ -3,6 +3,7 @@
 // optimizer, and checks that training continues identically.
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include <torch/nn/modules/activation.h>
@@ -10,7 +11,9 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adamw.h>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "fabric/fabric.h"
 
 namespace {
@@ -32,27 +35,20 @@ float TrainStep(torch::nn::Sequential& model, torch::optim::Optimizer& opt, int 
   return loss.item<float>();
 }
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
-
-}  // namespace
-
-int main(int argc, char** argv) {
-  const std::string path = argc > 1 ? argv[1] : "/tmp/fabric_single_device_example.pt";
+// Train, save, restore, continue; true when the restored run matches.
+absl::StatusOr<bool> Run(const std::string& path) {
   fabric::FabricOptions options;
   options.accelerator = "auto";
-  auto fabric_or = fabric::Fabric::Create(options);
-  if (!fabric_or.ok()) return Fail(fabric_or.status());
-  fabric::Fabric& fabric = **fabric_or;
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<fabric::Fabric> fabric_owner,
+                          fabric::Fabric::Create(options));
+  fabric::Fabric& fabric = *fabric_owner;
   fabric.Print(absl::StrCat("device: ", fabric.device().str()));
 
   torch::manual_seed(0);
   auto model = MakeModel();
   auto opt = std::make_shared<torch::optim::AdamW>(model->parameters(),
                                                    torch::optim::AdamWOptions(1e-2));
-  if (auto s = fabric.Setup(model, opt); !s.ok()) return Fail(s);
+  FABRIC_RETURN_IF_ERROR(fabric.Setup(model, opt));
 
   int64_t step = 0;
   for (; step < 20; ++step) {
@@ -61,7 +57,7 @@ int main(int argc, char** argv) {
   }
   fabric::State state{{"model", model}, {"optimizer", opt}, {"step", step},
                       {"note", "single-device example"}};
-  if (auto s = fabric.Save(path, state); !s.ok()) return Fail(s);
+  FABRIC_RETURN_IF_ERROR(fabric.Save(path, state));
   fabric.Print(absl::StrCat("saved step ", step, " to ", path));
 
   // A fresh model and optimizer restored from the file.
@@ -69,12 +65,11 @@ int main(int argc, char** argv) {
   auto model2 = MakeModel();
   auto opt2 = std::make_shared<torch::optim::AdamW>(model2->parameters(),
                                                     torch::optim::AdamWOptions(1e-2));
-  if (auto s = fabric.Setup(model2, opt2); !s.ok()) return Fail(s);
+  FABRIC_RETURN_IF_ERROR(fabric.Setup(model2, opt2));
   fabric::State restored{{"model", model2}, {"optimizer", opt2}, {"step", 0}};
-  auto remainder = fabric.Load(path, restored);
-  if (!remainder.ok()) return Fail(remainder.status());
+  FABRIC_ASSIGN_OR_RETURN(const fabric::Dict remainder, fabric.Load(path, restored));
   fabric.Print(absl::StrCat("loaded step ", restored["step"].value().as_int(), ", remainder keys: ",
-                            remainder->size()));
+                            remainder.size()));
 
   // Both continue for 5 steps: the losses must match exactly.
   bool same = true;
@@ -88,5 +83,17 @@ int main(int argc, char** argv) {
                     : "MISMATCH: resumed training differs");
   fabric.Print(absl::StrCat("Python reads it too: python -c \"import torch; print(torch.load('",
                             path, "').keys())\""));
-  return same ? 0 : 1;
+  return same;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string path = argc > 1 ? argv[1] : "/tmp/fabric_single_device_example.pt";
+  absl::StatusOr<bool> same = Run(path);
+  if (!same.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(same.status().message()).c_str());
+    return 1;
+  }
+  return *same ? 0 : 1;
 }

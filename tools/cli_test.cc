@@ -12,8 +12,7 @@
 #include "checkpoint/torch_save.h"
 #include "tools/test_util.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 namespace {
 
 namespace fs = std::filesystem;
@@ -221,8 +220,7 @@ TEST(Cli, ConsolidationMemoryIsBounded) {
 }
 
 }  // namespace
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);

@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/file_io.h"
@@ -21,8 +22,7 @@
 #include "checkpoint/zip_reader.h"
 #include "checkpoint/checkpoint_kind.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 namespace {
 
 namespace fs = std::filesystem;
@@ -112,30 +112,30 @@ class Planner {
       case Value::Kind::kList:
       case Value::Kind::kTuple:
         for (Value& item : v.items()) {
-          if (absl::Status s = Adopt(item, what, depth + 1); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(Adopt(item, what, depth + 1));
         }
         return absl::OkStatus();
       case Value::Kind::kDict:
         for (auto& [k, item] : v.as_dict().mutable_items()) {
-          if (absl::Status s = Adopt(item, what, depth + 1); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(Adopt(item, what, depth + 1));
         }
         return absl::OkStatus();
       case Value::Kind::kObject: {
         Object& o = v.as_object();
         for (Value& item : *o.args) {
-          if (absl::Status s = Adopt(item, what, depth + 1); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(Adopt(item, what, depth + 1));
         }
         if (o.state) {
-          if (absl::Status s = Adopt(*o.state, what, depth + 1); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(Adopt(*o.state, what, depth + 1));
         }
         if (o.list_items) {
           for (Value& item : *o.list_items) {
-            if (absl::Status s = Adopt(item, what, depth + 1); !s.ok()) return s;
+            FABRIC_RETURN_IF_ERROR(Adopt(item, what, depth + 1));
           }
         }
         if (o.dict_items) {
           for (auto& [k, item] : *o.dict_items) {
-            if (absl::Status s = Adopt(item, what, depth + 1); !s.ok()) return s;
+            FABRIC_RETURN_IF_ERROR(Adopt(item, what, depth + 1));
           }
         }
         return absl::OkStatus();
@@ -166,9 +166,8 @@ std::string DefaultOutputFile(const std::string& folder) {
 absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
                                              const ConsolidateOptions& options) {
   const std::string folder = StripTrailingSlashes(folder_arg);
-  absl::StatusOr<CheckpointKind> kind = DetectCheckpointKind(folder);
-  if (!kind.ok()) return kind.status();
-  if (*kind != CheckpointKind::kSharded) {
+  FABRIC_ASSIGN_OR_RETURN(const CheckpointKind kind, DetectCheckpointKind(folder));
+  if (kind != CheckpointKind::kSharded) {
     return absl::InvalidArgumentError(absl::StrCat(
         "'", folder, "' is a single-file checkpoint already; consolidate takes a sharded folder"));
   }
@@ -187,14 +186,13 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
     }
     return absl::OkStatus();
   };
-  if (absl::Status s = check_output(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(check_output());
 
   dcp::ReaderOptions reader_options;
   reader_options.slab_bytes = options.slab_bytes;
-  absl::StatusOr<std::unique_ptr<dcp::CheckpointReader>> reader =
-      dcp::CheckpointReader::Open(folder, reader_options);
-  if (!reader.ok()) return reader.status();
-  const dcp::Metadata& md = (*reader)->metadata();
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<dcp::CheckpointReader> reader,
+                          dcp::CheckpointReader::Open(folder, reader_options));
+  const dcp::Metadata& md = reader->metadata();
 
   // 1. The tree, with references instead of tensors.
   Planner planner;
@@ -212,13 +210,8 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
     if (const auto* t = std::get_if<dcp::TensorStorageMetadata>(&smd)) {
       e.value = planner.DcpTensor(fqn, *t);
     } else {
-      absl::StatusOr<Value> v = (*reader)->ReadObject(fqn);
-      if (!v.ok()) return v.status();
-      e.value = *std::move(v);
-      if (absl::Status s = planner.Adopt(e.value, absl::StrCat(folder, " key '", fqn, "'"));
-          !s.ok()) {
-        return s;
-      }
+      FABRIC_ASSIGN_OR_RETURN(e.value, reader->ReadObject(fqn));
+      FABRIC_RETURN_IF_ERROR(planner.Adopt(e.value, absl::StrCat(folder, " key '", fqn, "'")));
     }
     entries.push_back(std::move(e));
   }
@@ -234,15 +227,13 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
   const std::string meta_path = LightningMetaPath(folder);
   std::error_code ec;
   if (fs::is_regular_file(meta_path, ec)) {
-    absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(meta_path);
-    if (!f.ok()) return f.status();
-    meta = *std::move(f);
+    FABRIC_ASSIGN_OR_RETURN(meta, TorchFile::Open(meta_path));
     if (!meta->root().is_dict()) {
       return absl::DataLossError(absl::StrCat("'", meta_path, "' holds a ",
                                               meta->root().kind_name(), ", not a dict"));
     }
     Value extra = meta->root().Clone();
-    if (absl::Status s = planner.Adopt(extra, meta_path); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(planner.Adopt(extra, meta_path));
     for (const auto& [k, v] : extra.as_dict()) tree->as_dict().Set(k, v);
     stats.merged_meta = true;
   }
@@ -251,11 +242,10 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
   TorchSaveOptions save_options;
   save_options.direct_io = options.direct_io;
   save_options.staging_bytes = size_t{32} << 20;  // memory stays flat
-  absl::StatusOr<std::unique_ptr<TorchStreamWriter>> writer =
-      TorchStreamWriter::Create(out, *tree, save_options);
-  if (!writer.ok()) return writer.status();
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchStreamWriter> writer,
+                          TorchStreamWriter::Create(out, *tree, save_options));
   uint64_t total = 0;
-  for (const auto& [key, n] : (*writer)->StorageOrder()) total += n;
+  for (const auto& [key, n] : writer->StorageOrder()) total += n;
   uint64_t done = 0;
   auto report = [&]() {
     if (options.progress) options.progress(done, total);
@@ -272,13 +262,13 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
     return staging.data_ptr();
   };
 
-  for (const auto& [key, nbytes] : (*writer)->StorageOrder()) {
-    if (absl::Status s = Cancelled(options.cancel); !s.ok()) return s;
+  for (const auto& [key, nbytes] : writer->StorageOrder()) {
+    FABRIC_RETURN_IF_ERROR(Cancelled(options.cancel));
     const Source& src = planner.source(key);
-    if (absl::Status s = (*writer)->BeginStorage(key, nbytes); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(writer->BeginStorage(key, nbytes));
     switch (src.kind) {
       case Source::kDcp: {
-        const dcp::TensorStorageMetadata* t = (*reader)->FindTensor(src.fqn);
+        const dcp::TensorStorageMetadata* t = reader->FindTensor(src.fqn);
         if (t == nullptr) {
           return absl::InternalError(absl::StrCat("key '", src.fqn, "' is not a tensor key"));
         }
@@ -292,7 +282,7 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
             std::max<uint64_t>(1, options.slab_bytes / std::max<uint64_t>(row_bytes, 1)));
         std::vector<int64_t> offsets(size.size(), 0), box = size;
         for (int64_t r = 0; r < rows; r += rows_per_slab) {
-          if (absl::Status s = Cancelled(options.cancel); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(Cancelled(options.cancel));
           const int64_t n = std::min(rows_per_slab, rows - r);
           const uint64_t bytes = static_cast<uint64_t>(n) * row_bytes;
           if (!size.empty()) {
@@ -300,12 +290,8 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
             box[0] = n;
           }
           at::Tensor dst = at::from_blob(stage(bytes), box, at::TensorOptions().dtype(dtype));
-          if (absl::Status s = (*reader)->ReadRegion(src.fqn, offsets, box, dst); !s.ok()) {
-            return s;
-          }
-          if (absl::Status s = (*writer)->AppendStorage(dst.data_ptr(), bytes); !s.ok()) {
-            return s;
-          }
+          FABRIC_RETURN_IF_ERROR(reader->ReadRegion(src.fqn, offsets, box, dst));
+          FABRIC_RETURN_IF_ERROR(writer->AppendStorage(dst.data_ptr(), bytes));
           done += bytes;
           report();
         }
@@ -325,13 +311,11 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
                                                   "' is compressed"));
         }
         for (uint64_t pos = 0; pos < nbytes;) {
-          if (absl::Status s = Cancelled(options.cancel); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(Cancelled(options.cancel));
           const uint64_t n = std::min<uint64_t>(options.slab_bytes, nbytes - pos);
           void* buf = stage(n);
-          if (absl::Status s = meta->zip().file()->ReadAt(e->data_offset + pos, buf, n); !s.ok()) {
-            return s;
-          }
-          if (absl::Status s = (*writer)->AppendStorage(buf, n); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(meta->zip().file()->ReadAt(e->data_offset + pos, buf, n));
+          FABRIC_RETURN_IF_ERROR(writer->AppendStorage(buf, n));
           pos += n;
           done += n;
           report();
@@ -339,45 +323,39 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
         break;
       }
       case Source::kMemory: {
-        if (absl::Status s = (*writer)->AppendStorage(src.tensor.data_ptr(), nbytes); !s.ok()) {
-          return s;
-        }
+        FABRIC_RETURN_IF_ERROR(writer->AppendStorage(src.tensor.data_ptr(), nbytes));
         done += nbytes;
         report();
         break;
       }
     }
-    if (absl::Status s = (*writer)->EndStorage(); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(writer->EndStorage());
     ++stats.storages;
   }
   staging = at::Tensor();
   stats.tensor_bytes = total;
-  if (absl::Status s = Cancelled(options.cancel); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(Cancelled(options.cancel));
   // Someone may have created the output meanwhile: still never overwrite it.
-  if (absl::Status s = check_output(); !s.ok()) return s;
-  if (absl::Status s = (*writer)->Commit(); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(check_output());
+  FABRIC_RETURN_IF_ERROR(writer->Commit());
   return stats;
 }
 
 absl::StatusOr<Value> LoadShardedCheckpoint(const std::string& folder_arg) {
   const std::string folder = StripTrailingSlashes(folder_arg);
-  absl::StatusOr<std::unique_ptr<dcp::CheckpointReader>> reader =
-      dcp::CheckpointReader::Open(folder);
-  if (!reader.ok()) return reader.status();
-  absl::StatusOr<Value> tree = (*reader)->ReadStateDict();
-  if (!tree.ok()) return tree.status();
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<dcp::CheckpointReader> reader,
+                          dcp::CheckpointReader::Open(folder));
+  FABRIC_ASSIGN_OR_RETURN(Value tree, reader->ReadStateDict());
   const std::string meta_path = LightningMetaPath(folder);
   std::error_code ec;
   if (fs::is_regular_file(meta_path, ec)) {
-    absl::StatusOr<Value> extra = TorchLoad(meta_path);
-    if (!extra.ok()) return extra.status();
-    if (!extra->is_dict()) {
+    FABRIC_ASSIGN_OR_RETURN(const Value extra, TorchLoad(meta_path));
+    if (!extra.is_dict()) {
       return absl::DataLossError(absl::StrCat("'", meta_path, "' does not hold a dict"));
     }
-    for (const auto& [k, v] : extra->as_dict()) tree->as_dict().Set(k, v);
+    for (const auto& [k, v] : extra.as_dict()) tree.as_dict().Set(k, v);
   }
   return tree;
 }
 
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools

@@ -22,8 +22,7 @@
 #include "absl/status/statusor.h"
 #include "checkpoint/value.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 
 struct ConsolidateOptions {
   // Empty: DefaultOutputFile(folder).
@@ -68,7 +67,6 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder,
 // the streaming output must equal.
 absl::StatusOr<Value> LoadShardedCheckpoint(const std::string& folder);
 
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools
 
 #endif  // FABRIC_TOOLS_CONSOLIDATE_H_

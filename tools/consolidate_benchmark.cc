@@ -27,8 +27,7 @@ ABSL_FLAG(std::string, script, "", "tools/testdata/fabric_py.py");
 ABSL_FLAG(bool, compare, true, "check in Python that our output equals Lightning's");
 ABSL_FLAG(bool, keep, false, "keep the checkpoint and outputs");
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 namespace {
 
 namespace fs = std::filesystem;
@@ -135,8 +134,7 @@ int Main() {
 }
 
 }  // namespace
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);

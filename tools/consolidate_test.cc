@@ -18,8 +18,7 @@
 #include "checkpoint/value.h"
 #include "tools/test_util.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 namespace {
 
 namespace fs = std::filesystem;
@@ -221,8 +220,7 @@ TEST(Consolidate, RefusesWhatIsNotAShardedCheckpoint) {
 }
 
 }  // namespace
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);

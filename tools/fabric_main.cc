@@ -26,8 +26,7 @@
 #include "tools/progress.h"
 #include "tools/verify.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 namespace {
 
 constexpr int kOk = 0;
@@ -333,7 +332,6 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools
 
 int main(int argc, char** argv) { return fabric::tools::Main(argc, argv); }

@@ -6,15 +6,18 @@
 #include <map>
 #include <memory>
 #include <system_error>
+#include <utility>
 #include <variant>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "base/status_macros.h"
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/torch_save.h"
@@ -22,8 +25,7 @@
 #include "checkpoint/checkpoint_kind.h"
 #include "tools/progress.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 namespace {
 
 namespace fs = std::filesystem;
@@ -83,16 +85,13 @@ absl::Status Walk(const Value& v, const std::string& key, const std::string& sou
   auto join = [&](const std::string& part) { return key.empty() ? part : key + "." + part; };
   if (v.is_dict() && !v.as_dict().empty()) {
     for (const auto& [k, item] : v.as_dict()) {
-      if (absl::Status s = Walk(item, join(KeyPart(k)), source, out, depth + 1); !s.ok()) return s;
+      FABRIC_RETURN_IF_ERROR(Walk(item, join(KeyPart(k)), source, out, depth + 1));
     }
     return absl::OkStatus();
   }
   if (v.is_sequence() && HoldsTensorOrDict(v)) {
     for (size_t i = 0; i < v.items().size(); ++i) {
-      if (absl::Status s = Walk(v.items()[i], join(std::to_string(i)), source, out, depth + 1);
-          !s.ok()) {
-        return s;
-      }
+      FABRIC_RETURN_IF_ERROR(Walk(v.items()[i], join(std::to_string(i)), source, out, depth + 1));
     }
     return absl::OkStatus();
   }
@@ -144,12 +143,10 @@ std::string DtypeString(at::ScalarType t) {
 
 std::string Shape(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
 
-std::string JsonInts(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ","), "]"); }
-
 absl::Status InspectSharded(const std::string& dir, Inspection& out) {
-  absl::StatusOr<std::unique_ptr<dcp::CheckpointReader>> reader = dcp::CheckpointReader::Open(dir);
-  if (!reader.ok()) return reader.status();
-  const dcp::Metadata& md = (*reader)->metadata();
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<dcp::CheckpointReader> reader,
+                          dcp::CheckpointReader::Open(dir));
+  const dcp::Metadata& md = reader->metadata();
   out.format = "sharded";
   out.detail = absl::StrCat("PyTorch DCP, version ", md.version ? *md.version : "(none)");
 
@@ -199,59 +196,43 @@ absl::Status InspectSharded(const std::string& dir, Inspection& out) {
       out.tensor_bytes += e.nbytes;
       out.tensors.push_back(std::move(e));
     } else {
-      absl::StatusOr<Value> v = (*reader)->ReadObject(fqn);
-      if (!v.ok()) return v.status();
-      out.objects.push_back({fqn, "dcp", TypeName(*v), Repr(*v)});
+      FABRIC_ASSIGN_OR_RETURN(const Value v, reader->ReadObject(fqn));
+      out.objects.push_back({fqn, "dcp", TypeName(v), Repr(v)});
     }
   }
   const std::string meta_path = LightningMetaPath(dir);
   if (fs::is_regular_file(meta_path, ec)) {
-    absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(meta_path);
-    if (!f.ok()) return f.status();
-    return Walk((*f)->root(), "", kLightningMetaFile, out);
+    FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> f, TorchFile::Open(meta_path));
+    return Walk(f->root(), "", kLightningMetaFile, out);
   }
   return absl::OkStatus();
 }
 
+// Invalid UTF-8 (a hostile checkpoint's key, or a repr cut mid-character) is
+// replaced by U+FFFD so the output stays valid JSON; valid UTF-8 passes through.
+std::string Dump(const nlohmann::ordered_json& j) {
+  return j.dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
 }  // namespace
 
-std::string JsonString(const std::string& s) {
-  std::string r = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': r += "\\\""; break;
-      case '\\': r += "\\\\"; break;
-      case '\n': r += "\\n"; break;
-      case '\r': r += "\\r"; break;
-      case '\t': r += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          r += absl::StrFormat("\\u%04x", c);
-        } else {
-          r += static_cast<char>(c);  // UTF-8 passes through
-        }
-    }
-  }
-  return r + "\"";
-}
+std::string JsonString(const std::string& s) { return Dump(nlohmann::ordered_json(s)); }
 
 absl::StatusOr<Inspection> Inspect(const std::string& path_arg) {
   const std::string path = StripTrailingSlashes(path_arg);
-  absl::StatusOr<CheckpointKind> kind = DetectCheckpointKind(path);
-  if (!kind.ok()) return kind.status();
+  FABRIC_ASSIGN_OR_RETURN(const CheckpointKind kind, DetectCheckpointKind(path));
   Inspection out;
   out.path = path;
-  if (*kind == CheckpointKind::kSharded) {
-    if (absl::Status s = InspectSharded(path, out); !s.ok()) return s;
+  if (kind == CheckpointKind::kSharded) {
+    FABRIC_RETURN_IF_ERROR(InspectSharded(path, out));
     return out;
   }
-  absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(path);
-  if (!f.ok()) return f.status();
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> f, TorchFile::Open(path));
   out.format = "single-file";
-  out.detail = absl::StrCat("torch.save zip archive '", (*f)->zip().archive_name(), "'");
+  out.detail = absl::StrCat("torch.save zip archive '", f->zip().archive_name(), "'");
   std::error_code ec;
   out.files.push_back({fs::path(path).filename().string(), fs::file_size(path, ec)});
-  if (absl::Status s = Walk((*f)->root(), "", "file", out); !s.ok()) {
+  if (absl::Status s = Walk(f->root(), "", "file", out); !s.ok()) {
     return absl::DataLossError(absl::StrCat("'", path, "': ", s.message()));
   }
   return out;
@@ -288,44 +269,42 @@ std::string InspectionText(const Inspection& in) {
 }
 
 std::string InspectionJson(const Inspection& in) {
-  std::string r = "{";
-  absl::StrAppend(&r, "\"path\":", JsonString(in.path), ",\"format\":", JsonString(in.format),
-                  ",\"detail\":", JsonString(in.detail), ",\"world_size\":",
-                  in.world_size ? std::to_string(*in.world_size) : "null",
-                  ",\"tensor_bytes\":", in.tensor_bytes, ",\"files\":[");
-  for (size_t i = 0; i < in.files.size(); ++i) {
-    absl::StrAppend(&r, i ? "," : "", "{\"name\":", JsonString(in.files[i].name),
-                    ",\"bytes\":", in.files[i].bytes, "}");
-  }
-  absl::StrAppend(&r, "],\"tensors\":[");
-  for (size_t i = 0; i < in.tensors.size(); ++i) {
-    const TensorEntry& t = in.tensors[i];
-    absl::StrAppend(&r, i ? "," : "", "{\"key\":", JsonString(t.key),
-                    ",\"source\":", JsonString(t.source), ",\"dtype\":",
-                    JsonString(DtypeString(t.dtype)), ",\"shape\":", JsonInts(t.shape),
-                    ",\"bytes\":", t.nbytes);
+  using Json = nlohmann::ordered_json;  // keeps the fields in the documented order
+  Json files = Json::array();
+  for (const FileEntry& f : in.files) files.push_back({{"name", f.name}, {"bytes", f.bytes}});
+  Json tensors = Json::array();
+  for (const TensorEntry& t : in.tensors) {
+    Json e = {{"key", t.key},
+              {"source", t.source},
+              {"dtype", DtypeString(t.dtype)},
+              {"shape", t.shape},
+              {"bytes", t.nbytes}};
     if (t.source == "dcp") {
-      absl::StrAppend(&r, ",\"chunks\":[");
-      for (size_t j = 0; j < t.chunks.size(); ++j) {
-        const ChunkLayout& c = t.chunks[j];
-        absl::StrAppend(&r, j ? "," : "", "{\"offsets\":", JsonInts(c.offsets),
-                        ",\"sizes\":", JsonInts(c.sizes), ",\"file\":", JsonString(c.file),
-                        ",\"offset\":", c.offset, ",\"length\":", c.length, "}");
+      Json chunks = Json::array();
+      for (const ChunkLayout& c : t.chunks) {
+        chunks.push_back({{"offsets", c.offsets},
+                          {"sizes", c.sizes},
+                          {"file", c.file},
+                          {"offset", c.offset},
+                          {"length", c.length}});
       }
-      absl::StrAppend(&r, "]");
+      e["chunks"] = std::move(chunks);
     }
-    absl::StrAppend(&r, "}");
+    tensors.push_back(std::move(e));
   }
-  absl::StrAppend(&r, "],\"objects\":[");
-  for (size_t i = 0; i < in.objects.size(); ++i) {
-    const ObjectEntry& o = in.objects[i];
-    absl::StrAppend(&r, i ? "," : "", "{\"key\":", JsonString(o.key),
-                    ",\"source\":", JsonString(o.source), ",\"type\":", JsonString(o.type),
-                    ",\"repr\":", JsonString(o.repr), "}");
+  Json objects = Json::array();
+  for (const ObjectEntry& o : in.objects) {
+    objects.push_back({{"key", o.key}, {"source", o.source}, {"type", o.type}, {"repr", o.repr}});
   }
-  absl::StrAppend(&r, "]}\n");
-  return r;
+  const Json j = {{"path", in.path},
+                  {"format", in.format},
+                  {"detail", in.detail},
+                  {"world_size", in.world_size ? Json(*in.world_size) : Json(nullptr)},
+                  {"tensor_bytes", in.tensor_bytes},
+                  {"files", std::move(files)},
+                  {"tensors", std::move(tensors)},
+                  {"objects", std::move(objects)}};
+  return Dump(j) + "\n";
 }
 
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools

@@ -11,8 +11,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 
 // One saved chunk of a sharded tensor and where its archive lies.
 struct ChunkLayout {
@@ -67,7 +66,6 @@ std::string InspectionJson(const Inspection& inspection);
 // JSON string literal of `s` (quotes included).
 std::string JsonString(const std::string& s);
 
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools
 
 #endif  // FABRIC_TOOLS_INSPECT_H_

@@ -13,8 +13,7 @@
 #include "tools/consolidate.h"
 #include "tools/test_util.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 namespace {
 
 struct Net : torch::nn::Module {
@@ -75,5 +74,4 @@ TEST(LoadInterop, ConsolidatedFileLoadsIntoAModule) {
 }
 
 }  // namespace
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools

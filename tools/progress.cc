@@ -8,8 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 
 std::string HumanBytes(double bytes) {
   static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -83,5 +82,4 @@ void ProgressBar::Finish() {
   std::fflush(out_);
 }
 
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools

@@ -11,8 +11,7 @@
 #include <cstdio>
 #include <string>
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 
 class ProgressBar {
  public:
@@ -52,7 +51,6 @@ class ProgressBar {
 // "1.50 GiB", "512 B", ...
 std::string HumanBytes(double bytes);
 
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools
 
 #endif  // FABRIC_TOOLS_PROGRESS_H_

@@ -7,8 +7,7 @@
 
 #include "absl/strings/match.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 namespace {
 
 TEST(Progress, RenderShowsBytesThroughputAndEta) {
@@ -47,5 +46,4 @@ TEST(Progress, DisabledBarWritesNothing) {
 }
 
 }  // namespace
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools

@@ -20,14 +20,14 @@
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/dcp_writer.h"
 #include "checkpoint/torch_save.h"
 
 extern char** environ;
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 
 namespace fs = std::filesystem;
 
@@ -99,17 +99,16 @@ std::vector<std::pair<int64_t, int64_t>> Blocks(int64_t n, int world) {
 
 absl::Status WriteRanks(const std::string& dir,
                         const std::vector<std::vector<dcp::WriteItem>>& items) {
-  if (absl::Status s = dcp::PrepareCheckpointDir(dir); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(dcp::PrepareCheckpointDir(dir));
   std::vector<std::vector<dcp::WriteResult>> results;
   for (size_t r = 0; r < items.size(); ++r) {
-    absl::StatusOr<std::vector<dcp::WriteResult>> res =
-        dcp::WriteRankFile(dir, static_cast<int>(r), items[r]);
-    if (!res.ok()) return res.status();
-    results.push_back(*std::move(res));
+    FABRIC_ASSIGN_OR_RETURN(std::vector<dcp::WriteResult> res,
+                            dcp::WriteRankFile(dir, static_cast<int>(r), items[r]));
+    results.push_back(std::move(res));
   }
-  absl::StatusOr<dcp::Metadata> md = dcp::BuildMetadata(results, dcp::NewStorageMeta(dir));
-  if (!md.ok()) return md.status();
-  return dcp::WriteMetadata(dir, *md);
+  FABRIC_ASSIGN_OR_RETURN(const dcp::Metadata md,
+                          dcp::BuildMetadata(results, dcp::NewStorageMeta(dir)));
+  return dcp::WriteMetadata(dir, md);
 }
 
 }  // namespace
@@ -117,10 +116,9 @@ absl::Status WriteRanks(const std::string& dir,
 absl::StatusOr<Value> WriteTestCheckpoint(const std::string& dir, int world_size,
                                           bool with_meta) {
   const Value state = TestState();
-  absl::StatusOr<std::vector<dcp::FlatEntry>> flat = dcp::FlattenStateDict(state);
-  if (!flat.ok()) return flat.status();
+  FABRIC_ASSIGN_OR_RETURN(const std::vector<dcp::FlatEntry> flat, dcp::FlattenStateDict(state));
   std::vector<std::vector<dcp::WriteItem>> items(world_size);
-  for (const dcp::FlatEntry& e : *flat) {
+  for (const dcp::FlatEntry& e : flat) {
     if (!e.value.is_tensor()) {
       dcp::WriteItem item = dcp::WriteItem::Object(e.key, e.value);
       item.path = e.path;
@@ -148,11 +146,11 @@ absl::StatusOr<Value> WriteTestCheckpoint(const std::string& dir, int world_size
       items[r].push_back(std::move(item));
     }
   }
-  if (absl::Status s = WriteRanks(dir, items); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(WriteRanks(dir, items));
   Value expected = state.Clone();
   if (with_meta) {
     const Value meta = TestMeta();
-    if (absl::Status s = TorchSave((fs::path(dir) / "meta.pt").string(), meta); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(TorchSave((fs::path(dir) / "meta.pt").string(), meta));
     for (const auto& [k, v] : meta.as_dict()) expected.as_dict().Set(k, v);
   }
   return expected;
@@ -162,7 +160,7 @@ absl::StatusOr<uint64_t> WriteLargeCheckpoint(const std::string& dir, int world_
                                               int num_tensors, uint64_t tensor_bytes) {
   constexpr int64_t kCols = 1024;  // 4 KiB rows of float32
   const int64_t rows = static_cast<int64_t>(tensor_bytes / (kCols * 4));
-  if (absl::Status s = dcp::PrepareCheckpointDir(dir); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(dcp::PrepareCheckpointDir(dir));
   std::vector<std::vector<dcp::WriteResult>> results;
   const auto blocks = Blocks(rows, world_size);
   for (int r = 0; r < world_size; ++r) {
@@ -188,20 +186,16 @@ absl::StatusOr<uint64_t> WriteLargeCheckpoint(const std::string& dir, int world_
       item.path = path;
       items.push_back(std::move(item));
     }
-    absl::StatusOr<std::vector<dcp::WriteResult>> res = dcp::WriteRankFile(dir, r, items);
-    if (!res.ok()) return res.status();
-    results.push_back(*std::move(res));
+    FABRIC_ASSIGN_OR_RETURN(std::vector<dcp::WriteResult> res, dcp::WriteRankFile(dir, r, items));
+    results.push_back(std::move(res));
   }
-  absl::StatusOr<dcp::Metadata> md = dcp::BuildMetadata(results, dcp::NewStorageMeta(dir));
-  if (!md.ok()) return md.status();
-  if (absl::Status s = dcp::WriteMetadata(dir, *md); !s.ok()) return s;
+  FABRIC_ASSIGN_OR_RETURN(const dcp::Metadata md,
+                          dcp::BuildMetadata(results, dcp::NewStorageMeta(dir)));
+  FABRIC_RETURN_IF_ERROR(dcp::WriteMetadata(dir, md));
   Dict meta;
   meta.Set("epoch", 2);
   meta.Set("hparams", Value(Dict{{"lr", 0.01}}));
-  if (absl::Status s = TorchSave((fs::path(dir) / "meta.pt").string(), Value(std::move(meta)));
-      !s.ok()) {
-    return s;
-  }
+  FABRIC_RETURN_IF_ERROR(TorchSave((fs::path(dir) / "meta.pt").string(), Value(std::move(meta))));
   return static_cast<uint64_t>(rows) * kCols * 4 * num_tensors;
 }
 
@@ -247,5 +241,4 @@ ChildResult RunChild(const std::vector<std::string>& argv) {
   return result;
 }
 
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools

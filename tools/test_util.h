@@ -11,8 +11,7 @@
 #include "absl/status/statusor.h"
 #include "checkpoint/value.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 
 // A fresh (emptied) path under $TEST_TMPDIR (or /tmp).
 std::string FreshTestPath(const std::string& name);
@@ -49,7 +48,6 @@ struct ChildResult {
 };
 ChildResult RunChild(const std::vector<std::string>& argv);
 
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools
 
 #endif  // FABRIC_TOOLS_TEST_UTIL_H_

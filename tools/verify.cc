@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "checkpoint/crc32.h"
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/dcp_reader.h"
@@ -24,8 +25,7 @@
 #include "checkpoint/zip_reader.h"
 #include "checkpoint/checkpoint_kind.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 namespace {
 
 namespace fs = std::filesystem;
@@ -58,30 +58,30 @@ class Verifier {
       case Value::Kind::kList:
       case Value::Kind::kTuple:
         for (const Value& item : v.items()) {
-          if (absl::Status s = CheckRefs(f, item, what, depth + 1); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(CheckRefs(f, item, what, depth + 1));
         }
         return absl::OkStatus();
       case Value::Kind::kDict:
         for (const auto& [k, item] : v.as_dict()) {
-          if (absl::Status s = CheckRefs(f, item, what, depth + 1); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(CheckRefs(f, item, what, depth + 1));
         }
         return absl::OkStatus();
       case Value::Kind::kObject: {
         const Object& o = v.as_object();
         for (const Value& item : *o.args) {
-          if (absl::Status s = CheckRefs(f, item, what, depth + 1); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(CheckRefs(f, item, what, depth + 1));
         }
         if (o.state) {
-          if (absl::Status s = CheckRefs(f, *o.state, what, depth + 1); !s.ok()) return s;
+          FABRIC_RETURN_IF_ERROR(CheckRefs(f, *o.state, what, depth + 1));
         }
         if (o.list_items) {
           for (const Value& item : *o.list_items) {
-            if (absl::Status s = CheckRefs(f, item, what, depth + 1); !s.ok()) return s;
+            FABRIC_RETURN_IF_ERROR(CheckRefs(f, item, what, depth + 1));
           }
         }
         if (o.dict_items) {
           for (const auto& [k, item] : *o.dict_items) {
-            if (absl::Status s = CheckRefs(f, item, what, depth + 1); !s.ok()) return s;
+            FABRIC_RETURN_IF_ERROR(CheckRefs(f, item, what, depth + 1));
           }
         }
         return absl::OkStatus();
@@ -154,14 +154,13 @@ class Verifier {
   }
 
   absl::Status SingleFile(const std::string& path) {
-    absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(path);
-    if (!f.ok()) return f.status();
+    FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> f, TorchFile::Open(path));
     const std::string what = absl::StrCat("'", path, "'");
-    if (report_.format == "single-file" && (*f)->root().is_dict()) {
-      report_.keys = static_cast<int64_t>((*f)->root().as_dict().size());
+    if (report_.format == "single-file" && f->root().is_dict()) {
+      report_.keys = static_cast<int64_t>(f->root().as_dict().size());
     }
-    if (absl::Status s = CheckRefs(**f, (*f)->root(), what); !s.ok()) return s;
-    return CheckCrcs(**f, what);
+    FABRIC_RETURN_IF_ERROR(CheckRefs(*f, f->root(), what));
+    return CheckCrcs(*f, what);
   }
 
   absl::Status Sharded(const std::string& dir);
@@ -238,9 +237,9 @@ absl::Status CheckChunks(const std::string& fqn, const dcp::TensorStorageMetadat
 
 absl::Status Verifier::Sharded(const std::string& dir) {
   report_.format = "sharded";
-  absl::StatusOr<std::unique_ptr<dcp::CheckpointReader>> reader = dcp::CheckpointReader::Open(dir);
-  if (!reader.ok()) return reader.status();
-  const dcp::Metadata& md = (*reader)->metadata();
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<dcp::CheckpointReader> reader,
+                          dcp::CheckpointReader::Open(dir));
+  const dcp::Metadata& md = reader->metadata();
   const std::string where = absl::StrCat(dir, "/.metadata");
 
   // Storage entries by key; each must be used by exactly one chunk or bytes key.
@@ -262,7 +261,7 @@ absl::Status Verifier::Sharded(const std::string& dir) {
   std::map<IndexKey, bool> used;
   for (const auto& [fqn, smd] : md.state_dict_metadata) {
     if (const auto* t = std::get_if<dcp::TensorStorageMetadata>(&smd)) {
-      if (absl::Status s = CheckChunks(fqn, *t, where); !s.ok()) return s;
+      FABRIC_RETURN_IF_ERROR(CheckChunks(fqn, *t, where));
       for (const auto& c : t->chunks) {
         auto it = storage.find({fqn, c.offsets});
         if (it == storage.end()) {
@@ -370,11 +369,11 @@ absl::Status Verifier::Sharded(const std::string& dir) {
                                 ", the metadata's chunk ", Box(item.chunk_sizes)));
       }
     }
-    if (absl::Status s = CheckRefs(**f, root, what); !s.ok()) return s;
-    if (absl::Status s = CheckCrcs(**f, what); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(CheckRefs(**f, root, what));
+    FABRIC_RETURN_IF_ERROR(CheckCrcs(**f, what));
   }
   if (has_meta) {
-    if (absl::Status s = SingleFile(meta_path); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(SingleFile(meta_path));
   }
   return absl::OkStatus();
 }
@@ -383,19 +382,17 @@ absl::Status Verifier::Sharded(const std::string& dir) {
 
 absl::StatusOr<VerifyReport> Verify(const std::string& path_arg, const VerifyOptions& options) {
   const std::string path = StripTrailingSlashes(path_arg);
-  absl::StatusOr<CheckpointKind> kind = DetectCheckpointKind(path);
-  if (!kind.ok()) return kind.status();
+  FABRIC_ASSIGN_OR_RETURN(const CheckpointKind kind, DetectCheckpointKind(path));
   Verifier v(options);
-  if (*kind == CheckpointKind::kSharded) {
-    if (absl::Status s = v.Sharded(path); !s.ok()) return s;
+  if (kind == CheckpointKind::kSharded) {
+    FABRIC_RETURN_IF_ERROR(v.Sharded(path));
   } else {
     v.report().format = "single-file";
     std::error_code ec;
     v.set_total(fs::file_size(path, ec));
-    if (absl::Status s = v.SingleFile(path); !s.ok()) return s;
+    FABRIC_RETURN_IF_ERROR(v.SingleFile(path));
   }
   return v.report();
 }
 
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools

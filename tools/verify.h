@@ -19,8 +19,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 
 struct VerifyOptions {
   // Called as record bytes are checked: bytes done, bytes in total.
@@ -39,7 +38,6 @@ struct VerifyReport {
 // message that names the file and the key.
 absl::StatusOr<VerifyReport> Verify(const std::string& path, const VerifyOptions& options = {});
 
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools
 
 #endif  // FABRIC_TOOLS_VERIFY_H_

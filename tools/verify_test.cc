@@ -6,9 +6,12 @@
 #include <string>
 #include <variant>
 
+#include <ATen/ops/arange.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/file_io.h"
 #include "checkpoint/torch_save.h"
@@ -17,8 +20,7 @@
 #include "tools/inspect.h"
 #include "tools/test_util.h"
 
-namespace fabric {
-namespace tools {
+namespace fabric::tools {
 namespace {
 
 namespace fs = std::filesystem;
@@ -58,12 +60,10 @@ uint64_t TensorDataOffset(const std::string& dir, const std::string& fqn, std::s
 
 absl::Status Rewrite(const std::string& dir, const std::function<void(dcp::Metadata&)>& edit) {
   const std::string path = dir + "/.metadata";
-  absl::StatusOr<dcp::Metadata> md = dcp::ParseMetadata(Contents(path), path);
-  if (!md.ok()) return md.status();
-  edit(*md);
-  absl::StatusOr<std::string> bytes = dcp::SerializeMetadata(*md);
-  if (!bytes.ok()) return bytes.status();
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << *bytes;
+  FABRIC_ASSIGN_OR_RETURN(dcp::Metadata md, dcp::ParseMetadata(Contents(path), path));
+  edit(md);
+  FABRIC_ASSIGN_OR_RETURN(const std::string bytes, dcp::SerializeMetadata(md));
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
   return absl::OkStatus();
 }
 
@@ -285,6 +285,51 @@ TEST(Inspect, SingleFile) {
   EXPECT_EQ(tensors, 12);  // 5 model + 4 optimizer state + scale + 2 views
 }
 
+// Keys that JSON must escape (quote, backslash, control characters) and
+// non-ASCII text come back unchanged through a real JSON parser; bytes that
+// are not UTF-8 are replaced rather than breaking the document.
+TEST(Inspect, JsonEscapesKeysAndValues) {
+  const std::string dir = ::testing::TempDir() + "/inspect_json_escape";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string file = dir + "/weird.pt";
+  const std::string tensor_key = "w\"eird\\key\n\t\x01\x1f";
+  const std::string object_key = "gr\xc3\xbc\xc3\x9f" "e \xe2\x82\xac \xf0\x9f\x94\xa5";
+  const std::string object_text = "line1\nline2 \"quoted\" \\ \xe6\x97\xa5\xe6\x9c\xac";
+  Dict state;
+  state.Set(tensor_key, Value(at::arange(6, at::kFloat).reshape({2, 3})));
+  state.Set(object_key, Value(object_text));
+  state.Set("broken", Value(std::string("ok\xff\xfe")));
+  ASSERT_TRUE(TorchSave(file, Value(std::move(state))).ok());
+
+  absl::StatusOr<Inspection> in = Inspect(file);
+  ASSERT_TRUE(in.ok()) << in.status();
+  const std::string json = InspectionJson(*in);
+  ASSERT_EQ(json.back(), '\n');
+  nlohmann::json parsed = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(parsed.is_discarded()) << json;
+  EXPECT_EQ(parsed["path"], file);
+  EXPECT_EQ(parsed["format"], "single-file");
+  EXPECT_TRUE(parsed["world_size"].is_null());
+  ASSERT_EQ(parsed["tensors"].size(), 1u);
+  EXPECT_EQ(parsed["tensors"][0]["key"], tensor_key);
+  EXPECT_EQ(parsed["tensors"][0]["dtype"], "float32");
+  EXPECT_EQ(parsed["tensors"][0]["shape"], nlohmann::json({2, 3}));
+  EXPECT_EQ(parsed["tensors"][0]["bytes"], 24);
+  ASSERT_EQ(parsed["objects"].size(), 2u);
+  EXPECT_EQ(parsed["objects"][0]["key"], object_key);
+  EXPECT_EQ(parsed["objects"][0]["type"], "str");
+  EXPECT_EQ(parsed["objects"][1]["key"], "broken");
+  const std::string broken_repr = parsed["objects"][1]["repr"];
+  EXPECT_NE(broken_repr.find("\xef\xbf\xbd"), std::string::npos) << broken_repr;  // U+FFFD
+  // The fields keep their documented order.
+  EXPECT_LT(json.find("\"path\""), json.find("\"format\""));
+  EXPECT_LT(json.find("\"format\""), json.find("\"tensors\""));
+  EXPECT_LT(json.find("\"tensors\""), json.find("\"objects\""));
+  // Non-ASCII stays UTF-8 in the output, not \u escapes.
+  EXPECT_NE(json.find(object_key.substr(0, 6)), std::string::npos) << json;
+  EXPECT_EQ(JsonString("\xe2\x82\xac\x7f"), "\"\xe2\x82\xac\x7f\"");
+}
+
 }  // namespace
-}  // namespace tools
-}  // namespace fabric
+}  // namespace fabric::tools

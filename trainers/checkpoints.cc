@@ -5,11 +5,13 @@
 #include <filesystem>
 #include <system_error>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
 #include "checkpoint/checkpoint_kind.h"
+#include "base/status_macros.h"
 
 namespace fabric::trainers {
 namespace fs = std::filesystem;
@@ -57,22 +59,20 @@ absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(const std::string& 
 }
 
 absl::StatusOr<std::optional<CheckpointEntry>> LatestCheckpoint(const std::string& dir) {
-  absl::StatusOr<std::vector<CheckpointEntry>> all = ListCheckpoints(dir);
-  if (!all.ok()) return all.status();
-  for (auto it = all->rbegin(); it != all->rend(); ++it) {
+  FABRIC_ASSIGN_OR_RETURN(const std::vector<CheckpointEntry> all, ListCheckpoints(dir));
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
     if (it->complete) return std::optional<CheckpointEntry>(*it);
   }
   return std::optional<CheckpointEntry>();
 }
 
 absl::StatusOr<std::vector<std::string>> PruneCheckpoints(const std::string& dir, int keep) {
-  absl::StatusOr<std::vector<CheckpointEntry>> all = ListCheckpoints(dir);
-  if (!all.ok()) return all.status();
+  FABRIC_ASSIGN_OR_RETURN(const std::vector<CheckpointEntry> all, ListCheckpoints(dir));
   int64_t newest_complete = -1;
   int complete_seen = 0;
   std::vector<std::string> removed;
   // Newest first: the first `keep` complete ones stay.
-  for (auto it = all->rbegin(); it != all->rend(); ++it) {
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
     bool remove = false;
     if (it->complete) {
       if (newest_complete < 0) newest_complete = it->step;

@@ -4,12 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/status_macros.h"
+#include "checkpoint/file_io.h"
 
 namespace fabric::trainers {
 namespace {
@@ -254,17 +255,9 @@ RgbImage DrawLineChart(const std::vector<double>& xs, const std::vector<double>&
 absl::Status WriteLineChartPng(const std::string& path, const std::vector<double>& xs,
                                const std::vector<double>& ys, std::string_view x_label,
                                std::string_view y_label) {
-  absl::StatusOr<std::string> png = EncodePng(DrawLineChart(xs, ys, x_label, y_label));
-  if (!png.ok()) return png.status();
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
-  const bool ok = std::fwrite(png->data(), 1, png->size(), f) == png->size();
-  if (std::fclose(f) != 0 || !ok) return absl::DataLossError(absl::StrCat("cannot write ", tmp));
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot rename ", tmp, " to ", path));
-  }
-  return absl::OkStatus();
+  FABRIC_ASSIGN_OR_RETURN(const std::string png,
+                          EncodePng(DrawLineChart(xs, ys, x_label, y_label)));
+  return AtomicWriteFile(path, png);
 }
 
 }  // namespace fabric::trainers

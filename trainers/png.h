@@ -41,7 +41,8 @@ RgbImage DrawLineChart(const std::vector<double>& xs, const std::vector<double>&
                        std::string_view x_label = "step", std::string_view y_label = "loss",
                        int width = 640, int height = 400);
 
-// DrawLineChart + EncodePng, written to `path` (replaced atomically).
+// DrawLineChart + EncodePng, written to `path` with AtomicWriteFile (synced,
+// then renamed over the old chart: a crash leaves the old or the new one).
 absl::Status WriteLineChartPng(const std::string& path, const std::vector<double>& xs,
                                const std::vector<double>& ys, std::string_view x_label = "step",
                                std::string_view y_label = "loss");

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -73,6 +74,27 @@ TEST(Png, LineChartDrawsCurveAxesAndLabels) {
   const std::string path = Tmp("chart.png");
   ASSERT_TRUE(fabric::trainers::WriteLineChartPng(path, {1, 2, 3}, {3, 2, 1}).ok());
   EXPECT_EQ(Check(absl::StrCat(path, " 640 400 0,0,ffffff")), 0);
+}
+
+// The chart replaces an old one in one rename and leaves no temp file; a
+// folder that does not exist is an error naming the path.
+TEST(Png, ReplacesAtomically) {
+  const std::string dir = Tmp("replace");
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/loss.png";
+  { std::ofstream(path) << "an older chart"; }
+  ASSERT_TRUE(fabric::trainers::WriteLineChartPng(path, {1, 2}, {2, 1}).ok());
+  EXPECT_EQ(Check(absl::StrCat(path, " 640 400 0,0,ffffff")), 0);
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    ++files;
+    EXPECT_EQ(e.path().filename(), "loss.png");
+  }
+  EXPECT_EQ(files, 1);
+  const std::string missing = dir + "/no_such_folder/loss.png";
+  const absl::Status s = fabric::trainers::WriteLineChartPng(missing, {1, 2}, {2, 1});
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("no_such_folder"), std::string::npos) << s;
 }
 
 }  // namespace

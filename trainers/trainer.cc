@@ -26,11 +26,12 @@
 #include <utility>
 #include <vector>
 
-#include "base/status_macros.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "base/status_macros.h"
+#include "checkpoint/file_io.h"
 #include "checkpoint/value.h"
 #include "fabric/fabric.h"
 #include "strategies/fsdp.h"
@@ -136,8 +137,7 @@ class FabricEngine : public Engine {
   }
   absl::Status Load(const std::string& path, Dict& values) override {
     State state = MakeState(values);
-    absl::StatusOr<Dict> rest = fabric_.Load(path, state, /*strict=*/true);
-    if (!rest.ok()) return rest.status();
+    FABRIC_RETURN_IF_ERROR(fabric_.Load(path, state, /*strict=*/true).status());
     for (auto& [k, v] : values.mutable_items()) v = state[k.as_string()].value();
     return absl::OkStatus();
   }
@@ -226,18 +226,12 @@ std::vector<MetricsRow> ReadMetrics(const std::string& path, int64_t up_to) {
   return rows;
 }
 
+// Rewritten whole (at checkpoints and at the end, not every step), so that it
+// always matches a saved step: a crash leaves the old file or the new one.
 absl::Status WriteMetrics(const std::string& path, const std::vector<MetricsRow>& rows) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << kMetricsHeader << "\n";
-    for (const MetricsRow& r : rows) out << FormatRow(r) << "\n";
-    if (!out) return absl::UnavailableError(absl::StrCat("cannot write metrics file ", tmp));
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", ec.message()));
-  return absl::OkStatus();
+  std::string text = absl::StrCat(kMetricsHeader, "\n");
+  for (const MetricsRow& r : rows) absl::StrAppend(&text, FormatRow(r), "\n");
+  return AtomicWriteFile(path, text);
 }
 
 Dict Hparams(const TrainerOptions& o, const TransformerConfig& c, const WikiText2& data,
@@ -348,9 +342,7 @@ absl::StatusOr<TrainerOptions> ResolveTrainerOptions(TrainerOptions o) {
 }
 
 absl::Status RunTrainer(const TrainerOptions& raw) {
-  absl::StatusOr<TrainerOptions> resolved = ResolveTrainerOptions(raw);
-  if (!resolved.ok()) return resolved.status();
-  const TrainerOptions& o = *resolved;
+  FABRIC_ASSIGN_OR_RETURN(const TrainerOptions o, ResolveTrainerOptions(raw));
 
   // --- Fabric: launch the ranks and connect them.
   FabricOptions fo;
@@ -362,9 +354,8 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   // FSDP units: every encoder and decoder layer (the root unit holds the rest).
   fo.sharding_strategy = "full_shard";
   fo.fsdp_wrap_module_types = {"TransformerEncoderLayer", "TransformerDecoderLayer"};
-  absl::StatusOr<std::unique_ptr<Fabric>> fabric_or = Fabric::Create(fo);
-  if (!fabric_or.ok()) return fabric_or.status();
-  Fabric& fabric = **fabric_or;
+  FABRIC_ASSIGN_OR_RETURN(const std::unique_ptr<Fabric> fabric_owner, Fabric::Create(fo));
+  Fabric& fabric = *fabric_owner;
   FABRIC_RETURN_IF_ERROR(fabric.Launch());
   const int rank = fabric.global_rank(), world = fabric.world_size();
   const c10::Device device = fabric.device();
@@ -404,9 +395,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   lo.sampler.num_replicas = world;
   lo.sampler.rank = rank;
   lo.sampler.seed = o.seed;
-  absl::StatusOr<WikiText2Loader> loader_or = WikiText2Loader::Create(data, lo);
-  if (!loader_or.ok()) return loader_or.status();
-  WikiText2Loader& loader = *loader_or;
+  FABRIC_ASSIGN_OR_RETURN(WikiText2Loader loader, WikiText2Loader::Create(data, lo));
   if (loader.batches_per_epoch() < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--batch_size=", o.batch_size, ": ", data->path(), " has ", data->size(),
@@ -443,30 +432,28 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   FABRIC_RETURN_IF_ERROR(fabric.Barrier());
   std::string last_checkpoint;
   if (o.resume) {
-    absl::StatusOr<std::optional<CheckpointEntry>> latest = LatestCheckpoint(o.checkpoint_dir);
-    if (!latest.ok()) return latest.status();
-    if (!latest->has_value()) {
+    FABRIC_ASSIGN_OR_RETURN(const std::optional<CheckpointEntry> latest,
+                            LatestCheckpoint(o.checkpoint_dir));
+    if (!latest.has_value()) {
       fabric.Print(absl::StrCat("--resume: no complete checkpoint in ", o.checkpoint_dir,
                                 "; starting from step 0"));
     } else {
-      const std::string path = (*latest)->path;
+      const std::string path = latest->path;
       Dict values = CheckpointValues();
       const double t0 = Now();
       FABRIC_RETURN_IF_ERROR(engine->Load(path, values));
-      absl::StatusOr<int64_t> saved_step = IntEntry(values, "step", path);
-      if (!saved_step.ok()) return saved_step.status();
-      step = *saved_step;
+      FABRIC_ASSIGN_OR_RETURN(step, IntEntry(values, "step", path));
       const Value* loader_value = values.Find("loader");
       if (!loader_value->is_dict()) {
         return absl::DataLossError(absl::StrCat(path, ": entry 'loader' is not a dict"));
       }
       LoaderPosition pos;
       for (const char* key : {"epoch", "batch_index", "seed"}) {
-        absl::StatusOr<int64_t> v = IntEntry(loader_value->as_dict(), key, path + " loader");
-        if (!v.ok()) return v.status();
-        if (std::string(key) == "epoch") pos.epoch = *v;
-        else if (std::string(key) == "batch_index") pos.batch_index = *v;
-        else pos.seed = static_cast<uint64_t>(*v);
+        FABRIC_ASSIGN_OR_RETURN(const int64_t v,
+                                IntEntry(loader_value->as_dict(), key, path + " loader"));
+        if (std::string(key) == "epoch") pos.epoch = v;
+        else if (std::string(key) == "batch_index") pos.batch_index = v;
+        else pos.seed = static_cast<uint64_t>(v);
       }
       if (absl::Status s = loader.Restore(pos); !s.ok()) {
         return absl::Status(s.code(), absl::StrCat(path, ": loader position: ", s.message(),
@@ -520,9 +507,8 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     values.Set("loader", loader_state);
     at::Tensor rng = CpuRngState();
     if (context != nullptr && world > 1) {
-      absl::StatusOr<std::vector<at::Tensor>> all = context->AllGather(rng);
-      if (!all.ok()) return all.status();
-      rng = at::stack(*all);
+      FABRIC_ASSIGN_OR_RETURN(const std::vector<at::Tensor> all, context->AllGather(rng));
+      rng = at::stack(all);
     } else {
       rng = rng.unsqueeze(0);
     }
@@ -537,10 +523,9 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     last_checkpoint = path;
     std::string removed_note;
     if (rank == 0) {
-      absl::StatusOr<std::vector<std::string>> removed =
-          PruneCheckpoints(o.checkpoint_dir, o.keep_checkpoints);
-      if (!removed.ok()) return removed.status();
-      if (!removed->empty()) removed_note = absl::StrCat(", removed ", removed->size(), " older");
+      FABRIC_ASSIGN_OR_RETURN(const std::vector<std::string> removed,
+                              PruneCheckpoints(o.checkpoint_dir, o.keep_checkpoints));
+      if (!removed.empty()) removed_note = absl::StrCat(", removed ", removed.size(), " older");
     }
     FABRIC_RETURN_IF_ERROR(fabric.Barrier());
     fabric.Print(absl::StrFormat("saved %s (%s, %s) in %.2f s%s", path, o.state_dict_type,
@@ -614,10 +599,9 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   at::Tensor peak = at::full({1}, mem.peak_mib, at::kDouble);
   std::vector<double> peaks{mem.peak_mib};
   if (context != nullptr && world > 1) {
-    absl::StatusOr<std::vector<at::Tensor>> all = context->AllGather(peak);
-    if (!all.ok()) return all.status();
+    FABRIC_ASSIGN_OR_RETURN(const std::vector<at::Tensor> all, context->AllGather(peak));
     peaks.clear();
-    for (const at::Tensor& t : *all) peaks.push_back(t.item<double>());
+    for (const at::Tensor& t : all) peaks.push_back(t.item<double>());
   }
   if (rank == 0) {
     FABRIC_RETURN_IF_ERROR(WriteMetrics(metrics_path, rows));

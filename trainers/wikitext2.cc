@@ -16,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 
 namespace fabric::trainers {
 namespace {
@@ -145,15 +146,14 @@ absl::StatusOr<WikiText2> WikiText2::FromFile(const std::string& path, int64_t b
     return absl::InvalidArgumentError(
         absl::StrCat("WikiText-2: block_size must be positive, got ", block_size));
   }
-  absl::StatusOr<std::string> text = ReadWholeFile(path);
-  if (!text.ok()) return text.status();
+  FABRIC_ASSIGN_OR_RETURN(const std::string text, ReadWholeFile(path));
 
   WikiText2 dataset;
   dataset.path_ = path;
   dataset.block_size_ = block_size;
   absl::flat_hash_map<std::string, int64_t> ids;
   std::vector<int64_t> tokens;
-  tokens.reserve(text->size() / 4);
+  tokens.reserve(text.size() / 4);
   const auto add = [&](std::string word) {
     auto [it, inserted] = ids.try_emplace(std::move(word), dataset.words_.size());
     if (inserted) dataset.words_.push_back(it->first);
@@ -162,7 +162,7 @@ absl::StatusOr<WikiText2> WikiText2::FromFile(const std::string& path, int64_t b
 
   // Python iterates text-mode lines (\n, \r\n and \r all end a line; a last
   // line without an ending still counts) and splits each on whitespace.
-  const std::string& s = *text;
+  const std::string& s = text;
   size_t pos = 0;
   std::string word;
   bool in_line = false;  // something (even whitespace) since the last line end
@@ -239,7 +239,7 @@ int64_t SamplesPerReplica(int64_t n, const DistributedSamplerOptions& o) {
 absl::StatusOr<std::vector<int64_t>> DistributedSamplerIndices(int64_t dataset_size,
                                                                const DistributedSamplerOptions& o,
                                                                int64_t epoch) {
-  if (absl::Status s = CheckSampler(dataset_size, o); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(CheckSampler(dataset_size, o));
   const int64_t n = dataset_size;
   std::vector<int64_t> all(n);
   if (o.shuffle) {
@@ -270,7 +270,7 @@ absl::StatusOr<WikiText2Loader> WikiText2Loader::Create(std::shared_ptr<const Wi
     return absl::InvalidArgumentError(
         absl::StrCat("WikiText2Loader: batch_size must be positive, got ", options.batch_size));
   }
-  if (absl::Status s = CheckSampler(dataset->size(), options.sampler); !s.ok()) return s;
+  FABRIC_RETURN_IF_ERROR(CheckSampler(dataset->size(), options.sampler));
   const int64_t per_rank = SamplesPerReplica(dataset->size(), options.sampler);
   const int64_t b = options.batch_size;
   const int64_t batches = options.drop_last ? per_rank / b : (per_rank + b - 1) / b;
