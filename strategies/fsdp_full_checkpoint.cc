@@ -18,6 +18,7 @@
 #include "checkpoint/checkpoint_kind.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/optimizer_state.h"
+#include "checkpoint/tensor_value.h"
 #include "checkpoint/torch_save.h"
 #include "strategies/fsdp_checkpoint_internal.h"
 
