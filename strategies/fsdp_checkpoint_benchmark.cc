@@ -132,7 +132,6 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
     auto plain = std::make_shared<Stack>(layers, width);
     auto opt_ptr = std::make_shared<torch::optim::AdamW>(
         plain->parameters(), torch::optim::AdamWOptions(1e-4));
-    torch::optim::AdamW& opt = *opt_ptr;
     State state{{"model", plain}, {"optimizer", opt_ptr}, {"step", 0}};
     ::sync();
     const auto [read_bytes, raw_before] = RawReadFolder(dir);

@@ -270,7 +270,6 @@ absl::Status InterruptPhase(const strategies::ClusterEnvironment& c) {
   std::shared_ptr<Net> plain = MakeNet(10);
   auto popt_ptr = std::make_shared<torch::optim::AdamW>(
       plain->parameters(), torch::optim::AdamWOptions(0.5));
-  torch::optim::AdamW& popt = *popt_ptr;
   State load{{"model", plain}, {"optimizer", popt_ptr}, {"step", 0}};
   absl::StatusOr<Dict> refused = strategies::FsdpLoadCheckpoint(b, load, nullptr);
   CHECK_OK(Check(!refused.ok() && refused.status().message().find("incomplete") != std::string::npos,
@@ -373,7 +372,6 @@ TEST(FsdpCheckpoint, DamagedFoldersGiveErrorsNamingFileAndKey) {
   auto load_into_plain = [&](const std::string& path, bool strict, Net* net) {
     auto opt_ptr = std::make_shared<torch::optim::AdamW>(
         net->parameters(), torch::optim::AdamWOptions(0.5));
-    torch::optim::AdamW& opt = *opt_ptr;
     State state{{"model", net}, {"optimizer", opt_ptr}, {"step", 0}, {"extra", Value()}};
     FsdpCheckpointOptions options;
     options.strict = strict;

@@ -106,7 +106,6 @@ absl::Status LoadPython(const strategies::ClusterEnvironment& c) {
     std::shared_ptr<Net> plain = MakeNet(78);
     auto popt_ptr = std::make_shared<torch::optim::AdamW>(
         plain->parameters(), torch::optim::AdamWOptions(0.5));
-    torch::optim::AdamW& popt = *popt_ptr;
     State ps{{"model", plain}, {"optimizer", popt_ptr}};
     auto r = strategies::FsdpLoadCheckpoint(folder, ps, nullptr);
     if (!r.ok()) return absl::InternalError("[python -> plain] " + r.status().ToString());
