@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/absl_view.h"
@@ -210,6 +211,21 @@ absl::Status ZipReader::Load() {
     }
     entry.data_offset = base_ + data;
     by_name_[entry.name] = i;  // a later duplicate wins, as in Python's zipfile
+  }
+
+  // No two records may share bytes (a crafted directory could otherwise make
+  // one small file read as many large records: a zip bomb of overlaps).
+  std::vector<size_t> order(entries_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return header_offsets[a] < header_offsets[b]; });
+  for (size_t k = 1; k < order.size(); ++k) {
+    const Entry& prev = entries_[order[k - 1]];
+    const uint64_t prev_end = prev.data_offset - base_ + prev.compressed_size;
+    if (header_offsets[order[k]] < prev_end) {
+      return Corrupt(absl::StrCat("records '", prev.name, "' and '", entries_[order[k]].name,
+                                  "' overlap"));
+    }
   }
   return absl::OkStatus();
 }
