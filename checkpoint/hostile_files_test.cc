@@ -188,6 +188,7 @@ void Put(std::string& b, size_t at, uint64_t v, int n) { b.replace(at, n, Le(v, 
 // The central directory of a small (non-zip64, comment-free) zip.
 struct ZipLayout {
   size_t eocd = 0;
+  size_t zip64 = std::string::npos;  // the zip64 end record, which takes precedence
   size_t cd_offset = 0;
   std::vector<size_t> entries;  // offsets of the central headers
   std::vector<std::string> names;
@@ -198,6 +199,11 @@ ZipLayout Layout(const std::string& b) {
   z.eocd = b.size() - 22;
   EXPECT_EQ(U32(b, z.eocd), 0x06054b50u);
   z.cd_offset = U32(b, z.eocd + 16);
+  if (z.eocd >= 76 && U32(b, z.eocd - 20) == 0x07064b50u) {
+    z.zip64 = z.eocd - 20 - 56;
+    EXPECT_EQ(U32(b, z.zip64), 0x06064b50u);
+    z.cd_offset = U32(b, z.zip64 + 48);
+  }
   size_t p = z.cd_offset;
   for (int i = 0; i < U16(b, z.eocd + 10); ++i) {
     EXPECT_EQ(U32(b, p), 0x02014b50u);
@@ -517,17 +523,25 @@ TEST(HostileZip, CentralDirectoryLiesAreErrors) {
     std::function<void(std::string&)> apply;
     const char* says;
   };
+  // A field of the end of central directory record, in the zip64 one too
+  // when there is one (our writer and torch's always write it).
+  auto end_field = [&](std::string& b, size_t at, size_t at64, uint64_t v) {
+    Put(b, z.eocd + at, v, at == 8 || at == 10 ? 2 : 4);
+    if (z.zip64 != std::string::npos) Put(b, z.zip64 + at64, v, 8);
+  };
   const std::vector<Lie> lies = {
-      {"cd_outside.pt", [&](std::string& b) { Put(b, z.eocd + 16, 0x7fffff00u, 4); }, "outside"},
+      {"cd_outside.pt", [&](std::string& b) { end_field(b, 16, 48, 0x7fffff00u); }, "outside"},
       {"cd_count.pt", [&](std::string& b) {
-         Put(b, z.eocd + 8, 0xfff0, 2);
-         Put(b, z.eocd + 10, 0xfff0, 2);
+         end_field(b, 8, 24, 0xfff0);
+         end_field(b, 10, 32, 0xfff0);
        }, "cannot hold"},
-      {"cd_size.pt", [&](std::string& b) { Put(b, z.eocd + 12, 0xfffffff0u, 4); }, "outside"},
+      {"cd_size.pt", [&](std::string& b) { end_field(b, 12, 40, 0xfffffff0u); }, "outside"},
       {"header_past_cd.pt",
        [&](std::string& b) { Put(b, z.entries[0] + 42, z.cd_offset + 10, 4); }, "past the central"},
-      {"zip64_without_record.pt", [&](std::string& b) { Put(b, z.eocd + 16, 0xffffffffu, 4); },
-       "zip64"},
+      {"zip64_without_record.pt", [&](std::string& b) {
+         Put(b, z.eocd + 16, 0xffffffffu, 4);
+         if (z.zip64 != std::string::npos) Put(b, z.eocd - 20, 0, 4);  // no locator
+       }, "zip64"},
       {"bad_entry_sig.pt", [&](std::string& b) { Put(b, z.entries[1], 0x12345678u, 4); }, "damaged"},
       {"name_len.pt", [&](std::string& b) { Put(b, z.entries.back() + 28, 0xffff, 2); }, "truncated"},
   };
@@ -585,6 +599,13 @@ TEST(HostileDcp, ChunkOutsideItsTensorIsAnError) {
     t.chunks[0].offsets = {std::numeric_limits<int64_t>::max() - 1};
   });
   ExpectError(Bounded([&] { return ReadStateDictResult(dir); }), {dir, "outside"});
+}
+
+TEST(HostileDcp, TensorOfMoreThanTwoTo63BytesIsAnError) {
+  const std::string dir = DcpFolder("dcp_huge", [](dcp::Metadata& md) {
+    std::get<dcp::TensorStorageMetadata>(md.state_dict_metadata[0].second).size = {int64_t{1} << 62};
+  });
+  ExpectError(Bounded([&] { return ReadStateDictResult(dir); }), {dir, "2^63"});
 }
 
 }  // namespace

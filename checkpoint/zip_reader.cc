@@ -20,6 +20,13 @@ using little_endian::Load32;
 using little_endian::Load64;
 using namespace zip_format;  // NOLINT: the format's constants, read field by field below
 
+absl::Status CrcMismatch(const std::string& path, std::string_view name, uint32_t stored,
+                         uint32_t got) {
+  return absl::DataLossError(absl::StrCat("'", path, "': CRC-32 mismatch in record '", AbslView(name),
+                                          "': stored ", absl::Hex(stored), ", data has ",
+                                          absl::Hex(got)));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ZipReader>> ZipReader::Open(std::shared_ptr<FileReader> file,
@@ -257,6 +264,13 @@ absl::StatusOr<std::string> ZipReader::ReadRecord(std::string_view name) const {
   FABRIC_ASSIGN_OR_RETURN(const Entry* e, Readable(name));
   std::string out(e->size, '\0');
   FABRIC_RETURN_IF_ERROR(file_->ReadAt(e->data_offset, out.data(), out.size()));
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION  // fuzzers could not reach past a CRC
+  // Whole records are the small ones that describe the rest (data.pkl): a
+  // corrupted byte there is refused before anything is parsed.
+  if (const uint32_t crc = Crc32(0, out.data(), out.size()); crc != e->crc32) {
+    return CrcMismatch(path(), name, e->crc32, crc);
+  }
+#endif
   return out;
 }
 
@@ -280,11 +294,7 @@ absl::Status ZipReader::VerifyCrc(std::string_view name) const {
     crc = Crc32(crc, buf.data(), n);
     done += n;
   }
-  if (crc != e->crc32) {
-    return absl::DataLossError(absl::StrCat("'", path(), "': CRC-32 mismatch in record '",
-                                            AbslView(name), "': stored ", absl::Hex(e->crc32),
-                                            ", data has ", absl::Hex(crc)));
-  }
+  if (crc != e->crc32) return CrcMismatch(path(), name, e->crc32, crc);
   return absl::OkStatus();
 }
 
