@@ -335,16 +335,12 @@ absl::StatusOr<const ZipReader::Entry*> TorchFile::StorageRecord(const TensorRef
                                             "' is missing from the archive"));
   }
   const int64_t item = ElementSize(ref.dtype);
-  if (ref.storage_numel < 0 ||
-      static_cast<unsigned __int128>(ref.storage_numel) * item > entry->size) {
+  // In 128 bits: a hostile storage_numel cannot wrap around.
+  const unsigned __int128 need = static_cast<unsigned __int128>(ref.storage_numel) * item;
+  if (ref.storage_numel < 0 || entry->size < need) {
     return absl::DataLossError(absl::StrCat(path(), ": storage record '", name, "' has ",
                                             entry->size, " bytes but its tensor needs ",
                                             ref.storage_numel, " elements of ", item, " bytes"));
-  }
-  const uint64_t need = static_cast<uint64_t>(ref.storage_numel) * item;
-  if (entry->size < need) {
-    return absl::DataLossError(absl::StrCat(path(), ": storage record '", name, "' has ",
-                                            entry->size, " bytes but its tensor needs ", need));
   }
   // The view must lie inside its storage (in 128 bits: no overflow).
   __int128 last = ref.storage_offset;
@@ -463,7 +459,7 @@ absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Devi
         // The whole record: every ref to it was checked to fit inside it, and
         // refs to one storage may declare different sizes (a smaller first
         // one must not leave a later view reading past the allocation).
-        const int64_t nbytes = static_cast<int64_t>((*entry)->size);
+        const int64_t nbytes = static_cast<int64_t>(entry->size);
         at::Tensor bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
         if (nbytes > 0) {
           batch.push_back(ReadRequest{entry->data_offset, bytes.data_ptr(),
