@@ -1,5 +1,6 @@
 #include "checkpoint/dcp_metadata.h"
 
+#include <limits>
 #include <memory>
 #include <unordered_map>
 #include <utility>
@@ -15,6 +16,17 @@ namespace {
 
 constexpr char kMetadataModule[] = "torch.distributed.checkpoint.metadata";
 constexpr char kFilesystemModule[] = "torch.distributed.checkpoint.filesystem";
+
+// Whether a box of `sizes` elements of `item` bytes stays below 2^63 bytes, as
+// torch requires, so that element and byte counts never overflow int64.
+bool FitsInInt64(const std::vector<int64_t>& sizes, int64_t item) {
+  __int128 n = item;
+  for (int64_t s : sizes) {
+    n *= s;
+    if (n > std::numeric_limits<int64_t>::max()) return false;
+  }
+  return true;
+}
 
 // ---------------------------------------------------------------------------
 // Writing: the object shapes pickle.dump produces for these classes.
@@ -332,6 +344,7 @@ class Parser {
     for (int64_t x : s) {
       if (x < 0) return Error(where, "chunk with a negative size");
     }
+    if (!FitsInInt64(s, 1)) return Error(where, "chunk of 2^63 elements or more");
     c.offsets = std::move(o);
     c.sizes = std::move(s);
     return c;
@@ -359,6 +372,9 @@ class Parser {
     t.size = std::move(s);
     for (int64_t x : t.size) {
       if (x < 0) return Error(where, "negative tensor size");
+    }
+    if (!FitsInInt64(t.size, static_cast<int64_t>(c10::elementSize(t.properties.dtype)))) {
+      return Error(where, "tensor of 2^63 bytes or more");
     }
     if (!chunks->is_sequence()) return Error(where, "chunks is not a list");
     for (const Value& c : chunks->items()) {

@@ -104,7 +104,7 @@ absl::Status CheckpointReader::Index() {
     if (!t) continue;
     for (const ChunkStorageMetadata& c : t->chunks) {
       for (size_t d = 0; d < t->size.size(); ++d) {
-        if (c.offsets[d] < 0 || c.offsets[d] + c.sizes[d] > t->size[d]) {
+        if (c.offsets[d] < 0 || c.sizes[d] > t->size[d] - c.offsets[d]) {  // no overflow
           return absl::DataLossError(absl::StrCat(what, ": key '", fqn, "': chunk at ",
                                                   Dims(c.offsets), " of size ", Dims(c.sizes),
                                                   " lies outside the tensor's size ",

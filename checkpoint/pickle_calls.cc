@@ -35,7 +35,7 @@ absl::Status Malformed(const Global& g, absl::string_view why) {
 // The TensorRef of torch._utils._rebuild_tensor{,_v2,_v3}(storage, offset,
 // size, stride[, requires_grad, hooks[, dtype]][, metadata]).
 absl::Status RebuildTensor(const Global& g, int version, const std::vector<Value>& args,
-                           Value* out) {
+                           InputLimits& limits, Value* out) {
   const size_t min_args = version == 1 ? 4 : version == 2 ? 6 : 7;
   if (args.size() < min_args || args.size() > min_args + 1) {
     return Malformed(g, absl::StrCat(args.size(), " arguments"));
@@ -100,6 +100,8 @@ absl::Status RebuildTensor(const Global& g, int version, const std::vector<Value
   ref.storage_offset = args[1].as_int();
   if (!IntSequence(args[2], &ref.sizes)) return Malformed(g, "size is not a tuple of ints");
   if (!IntSequence(args[3], &ref.strides)) return Malformed(g, "stride is not a tuple of ints");
+  FABRIC_RETURN_IF_ERROR(limits.ChargeCopy(8 * (ref.sizes.size() + ref.strides.size()) +
+                                           ref.storage_key.size() + ref.location.size()));
   if (ref.sizes.size() != ref.strides.size()) {
     return Malformed(g, "size and stride differ in length");
   }
@@ -109,9 +111,14 @@ absl::Status RebuildTensor(const Global& g, int version, const std::vector<Value
   }
   // The view must lie inside its storage, so that reading it later is safe.
   bool empty = false;
+  __int128 numel_bytes = item;  // stays below 2^63 (so numel() cannot overflow)
   for (size_t i = 0; i < ref.sizes.size(); ++i) {
     if (ref.sizes[i] < 0 || ref.strides[i] < 0) return Malformed(g, "negative size or stride");
     if (ref.sizes[i] == 0) empty = true;
+    numel_bytes *= ref.sizes[i];
+    if (numel_bytes > std::numeric_limits<int64_t>::max()) {
+      return Malformed(g, "the tensor has more than 2^63 bytes");
+    }
   }
   if (!empty) {
     __int128 last = ref.storage_offset;
@@ -130,19 +137,20 @@ absl::Status RebuildTensor(const Global& g, int version, const std::vector<Value
 
 // callable(*args) (or cls.__new__(cls, *args) with newobj), with the
 // well-known callables interpreted; anything else becomes an Object.
-absl::Status Call(const Value& callable, std::vector<Value> args, bool newobj, Value* out,
-                  int nesting = 0) {
+absl::Status Call(const Value& callable, std::vector<Value> args, bool newobj,
+                  InputLimits& limits, Value* out, int nesting = 0) {
   if (!callable.is_global()) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot call a ", callable.kind_name(), " (only named globals)"));
   }
+  FABRIC_RETURN_IF_ERROR(limits.ChargeCopyOf(args));
   const Global& g = callable.as_global();
   const std::string& m = g.module;
   const std::string& n = g.name;
   if (m == "torch._utils") {
-    if (n == "_rebuild_tensor") return RebuildTensor(g, 1, args, out);
-    if (n == "_rebuild_tensor_v2") return RebuildTensor(g, 2, args, out);
-    if (n == "_rebuild_tensor_v3") return RebuildTensor(g, 3, args, out);
+    if (n == "_rebuild_tensor") return RebuildTensor(g, 1, args, limits, out);
+    if (n == "_rebuild_tensor_v2") return RebuildTensor(g, 2, args, limits, out);
+    if (n == "_rebuild_tensor_v3") return RebuildTensor(g, 3, args, limits, out);
     if ((n == "_rebuild_parameter" || n == "_rebuild_parameter_with_state") &&
         args.size() >= 2 && args[0].is_tensor_ref() && args[1].is_bool()) {
       TensorRef ref = args[0].as_tensor_ref();
@@ -157,7 +165,7 @@ absl::Status Call(const Value& callable, std::vector<Value> args, bool newobj, V
       return Malformed(g, "expected (func, type, args, state)");
     }
     if (nesting > 8) return Malformed(g, "nested too deeply");
-    return Call(args[0], args[2].items(), false, out, nesting + 1);
+    return Call(args[0], args[2].items(), false, limits, out, nesting + 1);  // charged there
   } else if (m == "collections" && n == "OrderedDict") {
     if (args.empty()) {
       *out = Value::MakeDict();
@@ -169,6 +177,8 @@ absl::Status Call(const Value& callable, std::vector<Value> args, bool newobj, V
         if (!pair.is_sequence() || pair.items().size() != 2) {
           return Malformed(g, "items are not pairs");
         }
+        FABRIC_RETURN_IF_ERROR(limits.ChargeCopyOf(pair.items()));
+        FABRIC_RETURN_IF_ERROR(limits.CheckDictKey(pair.items()[0]));
         d.Set(pair.items()[0], pair.items()[1]);
       }
       *out = Value(std::move(d));
@@ -176,6 +186,7 @@ absl::Status Call(const Value& callable, std::vector<Value> args, bool newobj, V
     }
   } else if (m == "torch" && n == "Size") {
     if (args.size() == 1 && args[0].is_sequence()) {
+      FABRIC_RETURN_IF_ERROR(limits.ChargeCopyOf(args[0].items()));
       *out = Value::Tuple(args[0].items());
       return absl::OkStatus();
     }
@@ -194,6 +205,7 @@ absl::Status Call(const Value& callable, std::vector<Value> args, bool newobj, V
       return absl::OkStatus();
     }
     if (args.size() == 1 && args[0].is_sequence()) {
+      FABRIC_RETURN_IF_ERROR(limits.ChargeCopyOf(args[0].items()));
       *out = Value::List(args[0].items());
       return absl::OkStatus();
     }
@@ -233,9 +245,10 @@ absl::Status Call(const Value& callable, std::vector<Value> args, bool newobj, V
 
 }  // namespace
 
-absl::StatusOr<Value> CallGlobal(const Value& callable, std::vector<Value> args, bool newobj) {
+absl::StatusOr<Value> CallGlobal(const Value& callable, std::vector<Value> args, bool newobj,
+                                 InputLimits& limits) {
   Value out;
-  FABRIC_RETURN_IF_ERROR(Call(callable, std::move(args), newobj, &out));
+  FABRIC_RETURN_IF_ERROR(Call(callable, std::move(args), newobj, limits, &out));
   return out;
 }
 

@@ -9,12 +9,15 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/pickle_limits.h"
 #include "checkpoint/value.h"
 
 namespace fabric::pickle {
 
-// callable(*args), or cls.__new__(cls, *args) with `newobj`.
-absl::StatusOr<Value> CallGlobal(const Value& callable, std::vector<Value> args, bool newobj);
+// callable(*args), or cls.__new__(cls, *args) with `newobj`. What it copies
+// out of possibly shared arguments is charged to `limits`.
+absl::StatusOr<Value> CallGlobal(const Value& callable, std::vector<Value> args, bool newobj,
+                                 InputLimits& limits);
 
 }  // namespace fabric::pickle
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -15,6 +16,7 @@
 #include "base/status_macros.h"
 #include "checkpoint/little_endian.h"
 #include "checkpoint/pickle_calls.h"
+#include "checkpoint/pickle_limits.h"
 #include "checkpoint/pickle_text.h"
 
 namespace fabric::pickle {
@@ -30,9 +32,21 @@ std::string FixModule(std::string module) {
 class Reader {
  public:
   Reader(std::string_view data, std::string_view what, const UnpickleOptions& options)
-      : data_(data), what_(what), options_(options) {}
+      : data_(data),
+        what_(what),
+        options_(options),
+        limits_(options.max_expanded_size != 0 ? options.max_expanded_size
+                                               : DefaultExpansionLimit(data.size()),
+                options.max_key_nodes) {}
 
   absl::StatusOr<Value> Run() {
+    absl::StatusOr<Value> result = Parse();
+    ReleaseUnreachable(result.ok() ? &*result : nullptr);
+    return result;
+  }
+
+ private:
+  absl::StatusOr<Value> Parse() {
     while (true) {
       op_pos_ = pos_;
       if (pos_ >= data_.size()) return Error("truncated data: no STOP opcode");
@@ -47,7 +61,6 @@ class Reader {
     }
   }
 
- private:
   // ---- errors and input ---------------------------------------------------
 
   // An error of the text or call helpers, located like the reader's own.
@@ -56,6 +69,8 @@ class Reader {
     if (result.ok()) return result;
     return Error(result.status().message());
   }
+
+  absl::Status At(const absl::Status& s) const { return s.ok() ? s : Error(s.message()); }
 
   absl::Status Error(absl::string_view message) const {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -118,11 +133,18 @@ class Reader {
 
   void Push(Value v) { stack_.push_back(std::move(v)); }
 
+  // A second reference to a value already on the stack or in the memo: its
+  // strings are copied, and charged (pickle_limits.h).
+  absl::Status PushCopy(const Value& v) {
+    FABRIC_RETURN_IF_ERROR(At(limits_.ChargeCopyOf(v)));
+    Push(v);
+    return absl::OkStatus();
+  }
+
   absl::Status MemoGet(uint64_t index) {
     auto it = memo_.find(index);
     if (it == memo_.end()) return Error(absl::StrCat("memo key ", index, " is not defined"));
-    Push(it->second);
-    return absl::OkStatus();
+    return PushCopy(it->second);
   }
 
   absl::Status MemoPut(uint64_t index) {
@@ -205,7 +227,10 @@ class Reader {
     if (kv.size() % 2 != 0) return Error("odd number of items for SETITEMS");
     if (target->is_dict()) {
       Dict& d = target->as_dict();
-      for (size_t i = 0; i < kv.size(); i += 2) d.Set(std::move(kv[i]), std::move(kv[i + 1]));
+      for (size_t i = 0; i < kv.size(); i += 2) {
+        FABRIC_RETURN_IF_ERROR(At(limits_.CheckDictKey(kv[i])));
+        d.Set(std::move(kv[i]), std::move(kv[i + 1]));
+      }
       return absl::OkStatus();
     }
     if (target->is_object()) {
@@ -280,8 +305,7 @@ class Reader {
       case DUP: {
         Value* top = nullptr;
         FABRIC_RETURN_IF_ERROR(Top(&top));
-        Push(*top);
-        return absl::OkStatus();
+        return PushCopy(*top);
       }
 
       // Scalars.
@@ -481,7 +505,7 @@ class Reader {
         FABRIC_RETURN_IF_ERROR(Pop(&args));
         FABRIC_RETURN_IF_ERROR(Pop(&callable));
         if (!args.is_tuple()) return Error("call arguments are not a tuple");
-        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(callable, args.items(), op == NEWOBJ)));
+        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(callable, args.items(), op == NEWOBJ, limits_)));
         Push(std::move(result));
         return absl::OkStatus();
       }
@@ -492,7 +516,7 @@ class Reader {
         FABRIC_RETURN_IF_ERROR(Pop(&cls));
         if (!args.is_tuple() || !kwargs.is_dict()) return Error("malformed NEWOBJ_EX");
         if (!kwargs.as_dict().empty()) return Error("NEWOBJ_EX with keyword arguments");
-        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(cls, args.items(), true)));
+        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(cls, args.items(), true, limits_)));
         Push(std::move(result));
         return absl::OkStatus();
       }
@@ -503,7 +527,7 @@ class Reader {
         std::vector<Value> args;
         FABRIC_RETURN_IF_ERROR(PopMark(&args));
         const Value cls(Global{FixModule(std::string(module)), std::string(name)});
-        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(cls, std::move(args), false)));
+        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(cls, std::move(args), false, limits_)));
         Push(std::move(result));
         return absl::OkStatus();
       }
@@ -513,7 +537,7 @@ class Reader {
         if (items.empty()) return Error("OBJ without a class");
         const Value cls = items[0];
         items.erase(items.begin());
-        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(cls, std::move(items), false)));
+        FABRIC_ASSIGN_OR_RETURN(Value result, At(CallGlobal(cls, std::move(items), false, limits_)));
         Push(std::move(result));
         return absl::OkStatus();
       }
@@ -553,67 +577,50 @@ class Reader {
 
   // ---- result checks ------------------------------------------------------------
 
-  // Height of `v` (0 for leaves), failing beyond max_depth or on a cycle, so
-  // that every recursive walk of the result is bounded. Shared subtrees are
-  // measured once.
-  absl::Status Height(const Value& v, int depth, int* height) {
-    *height = 0;
-    const void* key = nullptr;
-    if (v.is_sequence()) key = &v.items();
-    else if (v.is_dict()) key = &v.as_dict();
-    else if (v.is_object()) key = &v.as_object();
-    else return absl::OkStatus();
+  // Height (0 for leaves) and expanded size (bytes and nodes, shared parts
+  // counted once per reference) of `v`, failing beyond max_depth, on a cycle
+  // or beyond the expansion limit, so that every recursive walk of the result
+  // is bounded. Shared subtrees are measured once.
+  struct Measure {
+    int height = 0;
+    uint64_t size = 0;
+  };
+
+  absl::Status Measured(const Value& v, int depth, Measure* m) {
+    const void* key = ContainerKey(v);
+    if (key == nullptr) {
+      *m = Measure{0, 1 + PayloadBytes(v) + (v.is_bytes() ? v.as_bytes().size() : 0)};
+      return absl::OkStatus();
+    }
     if (depth > options_.max_depth) return TooDeep();
-    auto [it, inserted] = heights_.emplace(key, -1);
+    auto [it, inserted] = measures_.emplace(key, Measure{-1, 0});
     if (!inserted) {
-      if (it->second < 0) {
+      if (it->second.height < 0) {
         return absl::InvalidArgumentError(
             absl::StrCat(what_, ": bad pickle: the result contains a reference cycle"));
       }
-      if (depth + it->second > options_.max_depth) return TooDeep();
-      *height = it->second;
+      if (depth + it->second.height > options_.max_depth) return TooDeep();
+      *m = it->second;
       return absl::OkStatus();
     }
-    int h = 0;
-    auto visit = [&](const Value& child) {
-      int ch;
-      absl::Status s = Height(child, depth + 1, &ch);
-      h = std::max(h, ch + 1);
-      return s;
-    };
-    if (v.is_sequence()) {
-      for (const Value& c : v.items()) {
-        FABRIC_RETURN_IF_ERROR(visit(c));
-      }
-    } else if (v.is_dict()) {
-      for (const auto& [k, val] : v.as_dict()) {
-        FABRIC_RETURN_IF_ERROR(visit(k));
-        FABRIC_RETURN_IF_ERROR(visit(val));
-      }
-    } else {
-      const Object& o = v.as_object();
-      if (o.args) {
-        for (const Value& c : *o.args) {
-          FABRIC_RETURN_IF_ERROR(visit(c));
-        }
-      }
-      if (o.list_items) {
-        for (const Value& c : *o.list_items) {
-          FABRIC_RETURN_IF_ERROR(visit(c));
-        }
-      }
-      if (o.dict_items) {
-        for (const auto& [k, val] : *o.dict_items) {
-          FABRIC_RETURN_IF_ERROR(visit(k));
-          FABRIC_RETURN_IF_ERROR(visit(val));
-        }
-      }
-      if (o.state) {
-        FABRIC_RETURN_IF_ERROR(visit(*o.state));
-      }
+    const uint64_t limit = limits_.expansion_limit();
+    Measure total{0, 1};
+    absl::Status s;
+    ForEachChild(v, [&](const Value& child) {
+      if (!s.ok()) return;
+      Measure c;
+      s = Measured(child, depth + 1, &c);
+      total.height = std::max(total.height, c.height + 1);
+      total.size = std::min(total.size + c.size, limit + 1);  // saturates
+    });
+    FABRIC_RETURN_IF_ERROR(s);
+    if (total.size > limit) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what_, ": bad pickle: shared references expand the result past ", limit,
+          " bytes (UnpickleOptions::max_expanded_size)"));
     }
-    heights_[key] = h;
-    *height = h;
+    measures_[key] = total;
+    *m = total;
     return absl::OkStatus();
   }
 
@@ -624,8 +631,28 @@ class Reader {
   }
 
   absl::Status CheckDepth(const Value& v) {
-    int h;
-    return Height(v, 0, &h);
+    Measure m;
+    return Measured(v, 0, &m);
+  }
+
+  // Empties every container left in the stack and memo that `result` does not
+  // hold, so that reference cycles among them (a list appended to itself, an
+  // object built with itself as state) are freed rather than leaked.
+  void ReleaseUnreachable(const Value* result) {
+    std::vector<Value> work = std::move(stack_);
+    for (auto& [index, v] : memo_) work.push_back(std::move(v));
+    memo_.clear();
+    absl::flat_hash_set<const void*> released;
+    while (!work.empty()) {
+      Value v = std::move(work.back());
+      work.pop_back();
+      const void* key = ContainerKey(v);
+      if (key == nullptr || (result != nullptr && measures_.contains(key)) ||
+          !released.insert(key).second) {
+        continue;
+      }
+      TakeChildren(v, &work);
+    }
   }
 
   std::string_view data_;
@@ -636,7 +663,8 @@ class Reader {
   std::vector<Value> stack_;
   std::vector<size_t> marks_;
   absl::flat_hash_map<uint64_t, Value> memo_;
-  absl::flat_hash_map<const void*, int> heights_;
+  InputLimits limits_;
+  absl::flat_hash_map<const void*, Measure> measures_;  // containers of the result
 };
 
 }  // namespace

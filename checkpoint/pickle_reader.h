@@ -21,6 +21,15 @@ struct UnpickleOptions {
   // Results nested deeper than this (or cyclic) are an error, so that every
   // recursive walk of a loaded Value is bounded.
   int max_depth = 1000;
+  // Memo references (GET, DUP) share containers but copy strings, and every
+  // walk of the result visits a shared part once per reference. Both are
+  // bounded by this budget, in bytes and nodes of the result written out as a
+  // tree; 0 means 8 times the input size plus 1 MiB. A pickle that would
+  // expand further (a "billion laughs" of memo references) is an error.
+  uint64_t max_expanded_size = 0;
+  // Dict keys (tuples, objects) larger than this many nodes are an error, so
+  // that hashing and comparing keys is bounded.
+  int max_key_nodes = 256;
 };
 
 // `what` names the data in error messages, e.g. "model.ckpt:archive/data.pkl".

@@ -335,13 +335,15 @@ absl::StatusOr<const ZipReader::Entry*> TorchFile::StorageRecord(const TensorRef
                                             "' is missing from the archive"));
   }
   const int64_t item = ElementSize(ref.dtype);
-  const uint64_t need = static_cast<uint64_t>(ref.storage_numel) * item;
-  if (entry->size < need) {
+  // In 128 bits: a hostile storage_numel cannot wrap around.
+  const unsigned __int128 need = static_cast<unsigned __int128>(ref.storage_numel) * item;
+  if (ref.storage_numel < 0 || entry->size < need) {
     return absl::DataLossError(absl::StrCat(path(), ": storage record '", name, "' has ",
-                                            entry->size, " bytes but its tensor needs ", need));
+                                            entry->size, " bytes but its tensor needs ",
+                                            ref.storage_numel, " elements of ", item, " bytes"));
   }
-  // The view must lie inside its storage.
-  int64_t last = ref.storage_offset;
+  // The view must lie inside its storage (in 128 bits: no overflow).
+  __int128 last = ref.storage_offset;
   bool empty = false;
   if (ref.sizes.size() != ref.strides.size()) {
     return absl::DataLossError(absl::StrCat(path(), ": tensor on '", name,
@@ -353,7 +355,7 @@ absl::StatusOr<const ZipReader::Entry*> TorchFile::StorageRecord(const TensorRef
                                               "' has a negative size or stride"));
     }
     if (ref.sizes[i] == 0) empty = true;
-    last += (ref.sizes[i] - 1) * ref.strides[i];
+    last += static_cast<__int128>(ref.sizes[i] - 1) * ref.strides[i];
   }
   if (!empty && (ref.storage_offset < 0 || last >= ref.storage_numel)) {
     return absl::DataLossError(absl::StrCat(path(), ": tensor on '", name,
@@ -454,7 +456,10 @@ absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Devi
       const TensorRef& ref = v.as_tensor_ref();
       FABRIC_ASSIGN_OR_RETURN(const ZipReader::Entry* entry, StorageRecord(ref));
       if (storages.count(ref.storage_key) == 0) {
-        const int64_t nbytes = ref.storage_numel * ElementSize(ref.dtype);
+        // The whole record: every ref to it was checked to fit inside it, and
+        // refs to one storage may declare different sizes (a smaller first
+        // one must not leave a later view reading past the allocation).
+        const int64_t nbytes = static_cast<int64_t>(entry->size);
         at::Tensor bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
         if (nbytes > 0) {
           batch.push_back(ReadRequest{entry->data_offset, bytes.data_ptr(),

@@ -528,10 +528,12 @@ namespace {
 size_t Mix(size_t h, size_t v) { return h ^ (v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2)); }
 
 // A hash consistent with operator==, for keys that are neither str nor int.
-// Depth-limited: deeper parts only add their kind, which keeps it consistent.
-size_t StructuralHash(const Value& v, int depth = 4) {
+// It visits at most `*budget` nodes in a fixed order (later parts only add
+// their kind, and a dict only its size, which keeps it consistent), so hashing
+// a huge or deeply shared key stays cheap.
+size_t StructuralHash(const Value& v, int* budget) {
   size_t h = static_cast<size_t>(v.kind());
-  if (depth == 0) return h;
+  if (--*budget < 0) return h;
   switch (v.kind()) {
     case Value::Kind::kBool: return Mix(h, v.as_bool());
     case Value::Kind::kInt: return Mix(h, std::hash<int64_t>()(v.as_int()));
@@ -541,25 +543,31 @@ size_t StructuralHash(const Value& v, int depth = 4) {
     case Value::Kind::kGlobal: return Mix(h, std::hash<std::string>()(v.as_global().ToString()));
     case Value::Kind::kList:
     case Value::Kind::kTuple:
-      for (const Value& item : v.items()) h = Mix(h, StructuralHash(item, depth - 1));
-      return h;
+      for (const Value& item : v.items()) {
+        if (*budget <= 0) break;
+        h = Mix(h, StructuralHash(item, budget));
+      }
+      return Mix(h, v.items().size());
     case Value::Kind::kObject: {
       const Object& o = v.as_object();
       h = Mix(h, std::hash<std::string>()(o.callable.ToString()));
-      for (const Value& a : *o.args) h = Mix(h, StructuralHash(a, depth - 1));
-      if (o.state) h = Mix(h, StructuralHash(*o.state, depth - 1));
+      for (const Value& a : *o.args) {
+        if (*budget <= 0) break;
+        h = Mix(h, StructuralHash(a, budget));
+      }
+      if (o.state && *budget > 0) h = Mix(h, StructuralHash(*o.state, budget));
       return h;
     }
-    case Value::Kind::kDict: {
-      size_t sum = 0;  // order-independent, as dict equality is
-      for (const auto& [k, item] : v.as_dict()) {
-        sum += Mix(StructuralHash(k, depth - 1), StructuralHash(item, depth - 1));
-      }
-      return Mix(h, sum);
-    }
+    case Value::Kind::kDict:
+      return Mix(h, v.as_dict().size());  // order-independent, as dict equality is
     default:
       return h;  // tensors and None: the kind alone
   }
+}
+
+size_t StructuralHash(const Value& v) {
+  int budget = 256;
+  return StructuralHash(v, &budget);
 }
 
 }  // namespace

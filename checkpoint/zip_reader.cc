@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/absl_view.h"
@@ -18,6 +19,13 @@ using little_endian::Load16;
 using little_endian::Load32;
 using little_endian::Load64;
 using namespace zip_format;  // NOLINT: the format's constants, read field by field below
+
+absl::Status CrcMismatch(const std::string& path, std::string_view name, uint32_t stored,
+                         uint32_t got) {
+  return absl::DataLossError(absl::StrCat("'", path, "': CRC-32 mismatch in record '", AbslView(name),
+                                          "': stored ", absl::Hex(stored), ", data has ",
+                                          absl::Hex(got)));
+}
 
 }  // namespace
 
@@ -211,6 +219,21 @@ absl::Status ZipReader::Load() {
     entry.data_offset = base_ + data;
     by_name_[entry.name] = i;  // a later duplicate wins, as in Python's zipfile
   }
+
+  // No two records may share bytes (a crafted directory could otherwise make
+  // one small file read as many large records: a zip bomb of overlaps).
+  std::vector<size_t> order(entries_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return header_offsets[a] < header_offsets[b]; });
+  for (size_t k = 1; k < order.size(); ++k) {
+    const Entry& prev = entries_[order[k - 1]];
+    const uint64_t prev_end = prev.data_offset - base_ + prev.compressed_size;
+    if (header_offsets[order[k]] < prev_end) {
+      return Corrupt(absl::StrCat("records '", prev.name, "' and '", entries_[order[k]].name,
+                                  "' overlap"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -241,6 +264,13 @@ absl::StatusOr<std::string> ZipReader::ReadRecord(std::string_view name) const {
   FABRIC_ASSIGN_OR_RETURN(const Entry* e, Readable(name));
   std::string out(e->size, '\0');
   FABRIC_RETURN_IF_ERROR(file_->ReadAt(e->data_offset, out.data(), out.size()));
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION  // fuzzers could not reach past a CRC
+  // Whole records are the small ones that describe the rest (data.pkl): a
+  // corrupted byte there is refused before anything is parsed.
+  if (const uint32_t crc = Crc32(0, out.data(), out.size()); crc != e->crc32) {
+    return CrcMismatch(path(), name, e->crc32, crc);
+  }
+#endif
   return out;
 }
 
@@ -264,11 +294,7 @@ absl::Status ZipReader::VerifyCrc(std::string_view name) const {
     crc = Crc32(crc, buf.data(), n);
     done += n;
   }
-  if (crc != e->crc32) {
-    return absl::DataLossError(absl::StrCat("'", path(), "': CRC-32 mismatch in record '",
-                                            AbslView(name), "': stored ", absl::Hex(e->crc32),
-                                            ", data has ", absl::Hex(crc)));
-  }
+  if (crc != e->crc32) return CrcMismatch(path(), name, e->crc32, crc);
   return absl::OkStatus();
 }
 

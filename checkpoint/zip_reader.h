@@ -51,7 +51,7 @@ class ZipReader {
   // nullptr if there is no such record.
   const Entry* Find(std::string_view name) const;
 
-  // A whole (small) record.
+  // A whole (small) record, checked against its CRC-32.
   absl::StatusOr<std::string> ReadRecord(std::string_view name) const;
   // A whole record into dst; n must be the record's size.
   absl::Status ReadRecordInto(std::string_view name, void* dst, size_t n) const;
