@@ -7,8 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "checkpoint/safetensors_index.h"
+#include "checkpoint/safetensors_module.h"
 #include "strategies/cluster_environment.h"
 #include "strategies/ddp_strategy.h"
+#include "strategies/fsdp_safetensors.h"
 #include "strategies/fsdp_strategy.h"
 #include "strategies/launcher.h"
 #include "strategies/process_group.h"
@@ -192,6 +195,15 @@ absl::StatusOr<Dict> Fabric::Load(const std::string& path) {
 
 absl::Status Fabric::LoadRaw(const std::string& path, torch::nn::Module& module, bool strict) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  if (IsSafetensorsPath(path)) {
+    // Hugging Face weights: every rank reads what it holds (FSDP: its rows).
+    FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
+                            SafetensorsCheckpoint::Open(path));
+    if (strategies::FullyShardedDataParallel* f = Fsdp(module)) {
+      return strategies::FsdpLoadSafetensors(*f, *checkpoint, strict).status();
+    }
+    return LoadSafetensorsModule(*checkpoint, module, strict).status();
+  }
   return strategy_->LoadRaw(path, module, strict);
 }
 

@@ -142,7 +142,9 @@ class Fabric {
   absl::StatusOr<Dict> Load(const std::string& path, State& state, bool strict = true);
   // Everything in the checkpoint.
   absl::StatusOr<Dict> Load(const std::string& path);
-  // A file holding a bare state dict (e.g. Python's torch.save(model.state_dict())).
+  // A file holding a bare state dict (e.g. Python's torch.save(model.state_dict())),
+  // or Hugging Face weights: a .safetensors file or a sharded folder with
+  // model.safetensors.index.json (under FSDP each rank reads only its rows).
   absl::Status LoadRaw(const std::string& path, torch::nn::Module& module, bool strict = true);
   absl::Status LoadRaw(const std::string& path, torch::optim::Optimizer& optimizer);
 

@@ -2,6 +2,8 @@
 // checkpoints. See docs/cli.md.
 //
 //   fabric consolidate CHECKPOINT_FOLDER [--output_file PATH] [--force]
+//   fabric convert SOURCE --output_file DEST [--max_shard_size SIZE] [--entry KEY]
+//                  [--dtype bf16|fp16] [--force]
 //   fabric inspect PATH [--json]
 //   fabric verify PATH
 //
@@ -22,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "tools/consolidate.h"
+#include "tools/convert.h"
 #include "tools/inspect.h"
 #include "tools/progress.h"
 #include "tools/verify.h"
@@ -42,6 +45,7 @@ constexpr char kMainHelp[] =
     "\n"
     "commands:\n"
     "  consolidate  turn a sharded checkpoint folder into one torch.save file\n"
+    "  convert      export a checkpoint to safetensors (Hugging Face), or back to torch.save\n"
     "  inspect      show what a checkpoint holds (keys, dtypes, shapes, chunks)\n"
     "  verify       read every byte of a checkpoint and check its consistency\n"
     "  help         show help for a command\n"
@@ -70,6 +74,35 @@ constexpr char kConsolidateHelp[] =
     "The output appears only when complete; an interrupted run leaves nothing under\n"
     "its name.\n";
 
+constexpr char kConvertHelp[] =
+    "usage: fabric convert SOURCE --output_file DEST [--max_shard_size SIZE]\n"
+    "                      [--entry KEY] [--dtype bf16|fp16] [--force]\n"
+    "                      [--progress=auto|always|never] [--report_memory]\n"
+    "\n"
+    "Exports the tensors of one entry of a checkpoint to safetensors, the weight format\n"
+    "of the Hugging Face ecosystem, or turns safetensors back into a torch.save file.\n"
+    "Tensors are streamed in slabs, so memory stays small whatever the model's size.\n"
+    "\n"
+    "  SOURCE               a torch.save file or sharded (DCP) folder (ours, Python's,\n"
+    "                       Lightning's), a .safetensors file, or a Hugging Face folder\n"
+    "                       with model.safetensors.index.json\n"
+    "  --output_file DEST   DEST ending in .safetensors: one safetensors file;\n"
+    "                       with --max_shard_size: a folder (see below);\n"
+    "                       otherwise: a torch.save file (a bare state dict) for torch.load\n"
+    "  --max_shard_size S   write DEST as a folder in Hugging Face's sharded layout,\n"
+    "                       shards of at most S (5GB, 500MB, 2GiB, bytes), with\n"
+    "                       model.safetensors.index.json (one shard: model.safetensors)\n"
+    "  --entry KEY          the checkpoint entry to export (default: model; a file that\n"
+    "                       is itself a state dict is exported whole; --entry= exports\n"
+    "                       every tensor). With a safetensors SOURCE and a torch.save\n"
+    "                       DEST: nest the tensors under KEY\n"
+    "  --dtype bf16|fp16    cast floating-point tensors (F64, F32, F16, BF16) for deployment\n"
+    "  --force              replace an existing output (otherwise: exit 2)\n"
+    "  --progress=WHEN      progress bar on stderr: auto (if a terminal), always, never\n"
+    "  --report_memory      print the peak resident memory (VmHWM) to stderr at the end\n"
+    "\n"
+    "Files appear only when complete; a sharded folder's index is written last.\n";
+
 constexpr char kInspectHelp[] =
     "usage: fabric inspect PATH [--json] [--report_memory]\n"
     "\n"
@@ -77,7 +110,8 @@ constexpr char kInspectHelp[] =
     "files, every tensor key with dtype, shape, bytes and (sharded) chunk layout, and\n"
     "the non-tensor entries. Tensor data is not read.\n"
     "\n"
-    "  PATH             a single-file checkpoint or a sharded checkpoint folder\n"
+    "  PATH             a single-file checkpoint, a sharded checkpoint folder, a\n"
+    "                   .safetensors file or a Hugging Face safetensors folder\n"
     "  --json           print one JSON object instead of text\n"
     "  --report_memory  print the peak resident memory (VmHWM) to stderr at the end\n";
 
@@ -89,7 +123,10 @@ constexpr char kVerifyHelp[] =
     "every archive and record is well formed and matches the metadata, every zip\n"
     "CRC-32 matches. Stops at the first problem with exit code 1.\n"
     "\n"
-    "  PATH             a single-file checkpoint or a sharded checkpoint folder\n"
+    "  PATH             a single-file checkpoint, a sharded checkpoint folder, a\n"
+    "                   .safetensors file or a Hugging Face safetensors folder\n"
+    "                   (safetensors: every header and index check, every byte read,\n"
+    "                   BOOL bytes 0 or 1)\n"
     "  --progress=WHEN  progress bar on stderr: auto (if a terminal), always, never\n"
     "  --report_memory  print the peak resident memory (VmHWM) to stderr at the end\n";
 
@@ -252,6 +289,83 @@ int Consolidate(const std::vector<std::string>& argv) {
   return kOk;
 }
 
+int Convert(const std::vector<std::string>& argv) {
+  const std::string cmd = "convert";
+  int rc = kOk;
+  std::optional<Args> args =
+      Parse(cmd, argv, {"output_file", "max_shard_size", "entry", "dtype", "progress"},
+            {"force", "report_memory"}, &rc);
+  if (!args) return rc;
+  if (args->help) {
+    std::fputs(kConvertHelp, stdout);
+    return kOk;
+  }
+  if (args->positional.size() != 1) {
+    return Usage(cmd, args->positional.empty() ? "missing SOURCE" : "expected one SOURCE");
+  }
+  std::optional<bool> progress = ProgressFlag(*args, cmd, &rc);
+  if (!progress) return rc;
+  ConvertOptions options;
+  auto flag = [&](const char* name) -> const std::string* {
+    auto it = args->flags.find(name);
+    return it == args->flags.end() ? nullptr : &it->second;
+  };
+  if (const std::string* v = flag("output_file"); v == nullptr || v->empty()) {
+    return Usage(cmd, "--output_file DEST is required");
+  } else {
+    options.output_file = *v;
+  }
+  if (const std::string* v = flag("max_shard_size")) {
+    absl::StatusOr<uint64_t> n = ParseShardSize(*v);
+    if (!n.ok()) return Usage(cmd, std::string(n.status().message()));
+    options.max_shard_size = *n;
+  }
+  if (const std::string* v = flag("entry")) {
+    options.entry = *v;
+    options.entry_given = true;
+  }
+  if (const std::string* v = flag("dtype")) {
+    absl::StatusOr<at::ScalarType> d = ParseCastDtype(*v);
+    if (!d.ok()) return Usage(cmd, std::string(d.status().message()));
+    options.dtype = *d;
+  }
+  options.force = flag("force") != nullptr;
+  ProgressBar bar("convert", *progress);
+  options.progress = [&bar](uint64_t done, uint64_t total) { bar.Update(done, total); };
+  options.cancel = &g_cancel;
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<ConvertStats> stats = tools::Convert(args->positional[0], options);
+  bar.Finish();
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  if (!stats.ok()) {
+    if (absl::IsCancelled(stats.status())) {
+      std::fprintf(stderr, "fabric %s: interrupted; no output was written\n", cmd.c_str());
+      return kInterrupted;
+    }
+    if (absl::IsAlreadyExists(stats.status())) {
+      std::fprintf(stderr, "fabric %s: error: %s\n", cmd.c_str(),
+                   std::string(stats.status().message()).c_str());
+      return kUsage;
+    }
+    return Fail(cmd, stats.status());
+  }
+  const double s = Seconds(start);
+  std::printf("wrote %s (%s): %lld tensors in %lld file(s), %s in %.2f s (%s/s)\n",
+              stats->output.c_str(), stats->format.c_str(),
+              static_cast<long long>(stats->tensors), static_cast<long long>(stats->files),
+              HumanBytes(stats->bytes).c_str(), s,
+              HumanBytes(s > 0 ? stats->bytes / s : 0).c_str());
+  if (!stats->skipped.empty()) {
+    std::printf("left out %zu non-tensor key(s) (safetensors holds tensors only): %s%s\n",
+                stats->skipped.size(), stats->skipped[0].c_str(),
+                stats->skipped.size() > 1 ? ", ..." : "");
+  }
+  return kOk;
+}
+
 int Inspect(const std::vector<std::string>& argv) {
   const std::string cmd = "inspect";
   int rc = kOk;
@@ -311,6 +425,7 @@ int Main(int argc, char** argv) {
     if (command == "help" && !rest.empty()) {
       const std::string& c = rest[0];
       if (c == "consolidate") return std::fputs(kConsolidateHelp, stdout), kOk;
+      if (c == "convert") return std::fputs(kConvertHelp, stdout), kOk;
       if (c == "inspect") return std::fputs(kInspectHelp, stdout), kOk;
       if (c == "verify") return std::fputs(kVerifyHelp, stdout), kOk;
       std::fprintf(stderr, "fabric: unknown command '%s'\n", c.c_str());
@@ -321,6 +436,7 @@ int Main(int argc, char** argv) {
   }
   int rc = -1;
   if (command == "consolidate") rc = Consolidate(rest);
+  if (command == "convert") rc = Convert(rest);
   if (command == "inspect") rc = Inspect(rest);
   if (command == "verify") rc = Verify(rest);
   if (rc >= 0) {

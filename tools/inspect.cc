@@ -23,7 +23,9 @@
 #include "checkpoint/torch_save.h"
 #include "checkpoint/value.h"
 #include "checkpoint/checkpoint_kind.h"
+#include "checkpoint/safetensors_index.h"
 #include "tools/progress.h"
+#include "tools/inspect_safetensors.h"
 
 namespace fabric::tools {
 namespace {
@@ -220,9 +222,13 @@ std::string JsonString(const std::string& s) { return Dump(nlohmann::ordered_jso
 
 absl::StatusOr<Inspection> Inspect(const std::string& path_arg) {
   const std::string path = StripTrailingSlashes(path_arg);
-  FABRIC_ASSIGN_OR_RETURN(const CheckpointKind kind, DetectCheckpointKind(path));
   Inspection out;
   out.path = path;
+  if (IsSafetensorsPath(path)) {
+    FABRIC_RETURN_IF_ERROR(InspectSafetensors(path, out));
+    return out;
+  }
+  FABRIC_ASSIGN_OR_RETURN(const CheckpointKind kind, DetectCheckpointKind(path));
   if (kind == CheckpointKind::kSharded) {
     FABRIC_RETURN_IF_ERROR(InspectSharded(path, out));
     return out;
@@ -243,7 +249,7 @@ std::string InspectionText(const Inspection& in) {
   absl::StrAppend(&r, "path:       ", in.path, "\n");
   absl::StrAppend(&r, "format:     ", in.format, " (", in.detail, ")\n");
   absl::StrAppend(&r, "world size: ",
-                  in.world_size ? std::to_string(*in.world_size) : "not recorded (single file)",
+                  in.world_size ? std::to_string(*in.world_size) : "not recorded",
                   "\n");
   absl::StrAppend(&r, "files:\n");
   for (const FileEntry& f : in.files) {

@@ -24,6 +24,8 @@
 #include "checkpoint/value.h"
 #include "checkpoint/zip_reader.h"
 #include "checkpoint/checkpoint_kind.h"
+#include "checkpoint/safetensors_index.h"
+#include "tools/verify_safetensors.h"
 
 namespace fabric::tools {
 namespace {
@@ -382,6 +384,11 @@ absl::Status Verifier::Sharded(const std::string& dir) {
 
 absl::StatusOr<VerifyReport> Verify(const std::string& path_arg, const VerifyOptions& options) {
   const std::string path = StripTrailingSlashes(path_arg);
+  if (IsSafetensorsPath(path)) {
+    VerifyReport report;
+    FABRIC_RETURN_IF_ERROR(VerifySafetensors(path, options, report));
+    return report;
+  }
   FABRIC_ASSIGN_OR_RETURN(const CheckpointKind kind, DetectCheckpointKind(path));
   Verifier v(options);
   if (kind == CheckpointKind::kSharded) {
