@@ -282,19 +282,8 @@ struct DistributedContext::Impl {
       }
     }
 
-    std::string where;
-    if (!reported.empty()) {
-      where = absl::StrCat(" because ", reported);
-    } else if (!store_error.empty()) {
-      where = absl::StrCat(" (cannot read the ranks' progress from the TCPStore at ",
-                           StoreAddress(), " hosted by rank 0, which has probably exited: ",
-                           store_error, ")");
-    } else if (!stopped.empty()) {
-      where = absl::StrCat(" because rank(s) ",
-                           DescribeRanks(cluster, stopped),
-                           " stopped: no heartbeat for ", absl::FormatDuration(window),
-                           " (the process died, or its node is unreachable)");
-    } else if (!behind.empty()) {
+    std::string waiting;
+    if (!behind.empty()) {
       std::vector<std::string> names;
       for (int r : behind) {
         if (progress[r].has_value()) {
@@ -304,7 +293,22 @@ struct DistributedContext::Impl {
           names.push_back(absl::StrCat("rank ", r, " (never seen)"));
         }
       }
-      where = absl::StrCat(" waiting for ", absl::StrJoin(names, ", "));
+      waiting = absl::StrCat("waiting for ", absl::StrJoin(names, ", "));
+    }
+    std::string where;
+    if (!store_error.empty()) {
+      where = absl::StrCat(" (cannot read the ranks' progress from the TCPStore at ",
+                           StoreAddress(), " hosted by rank 0, which has probably exited: ",
+                           store_error, ")");
+    } else if (!reported.empty() || !stopped.empty()) {
+      where = !reported.empty()
+                  ? absl::StrCat(" because ", reported)
+                  : absl::StrCat(" because rank(s) ", DescribeRanks(cluster, stopped),
+                                 " stopped: no heartbeat for ", absl::FormatDuration(window),
+                                 " (the process died, or its node is unreachable)");
+      if (!waiting.empty()) absl::StrAppend(&where, "; ", waiting);
+    } else if (!waiting.empty()) {
+      where = " " + waiting;
     } else {
       where = " (every rank had started it: a peer's connection was lost)";
     }
