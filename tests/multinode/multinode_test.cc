@@ -44,7 +44,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string g_train, g_load, g_python, g_data;
-constexpr int kSteps = 8;
+constexpr int kSteps = 6;
 constexpr int kInterval = 2;
 
 std::string Dir(const std::string& name) {

@@ -164,16 +164,10 @@ absl::StatusOr<std::unique_ptr<NamespacePair>> NamespacePair::Create() {
       absl::StrCat("ip -n ", b, " link set ", vb, " up"),
       absl::StrCat("ip -n ", a, " link set lo up"),
       absl::StrCat("ip -n ", b, " link set lo up"),
-      absl::StrCat("ip netns exec ", a, " ping -c 1 -W 2 10.250.0.2"),
   };
   for (const std::string& step : steps) {
     auto [rc, out] = Shell(step);
-    if (rc != 0) {
-      if (step.find("ping") != std::string::npos && out.find("not found") != std::string::npos) {
-        continue;  // No ping here; the test's own traffic shows the link works.
-      }
-      return absl::UnavailableError(absl::StrCat("`", step, "` failed: ", out));
-    }
+    if (rc != 0) return absl::UnavailableError(absl::StrCat("`", step, "` failed: ", out));
   }
   return pair;
 }
