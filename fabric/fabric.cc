@@ -1,5 +1,6 @@
 #include "fabric/fabric.h"
 
+#include <filesystem>
 #include <iostream>
 #include <utility>
 
@@ -15,6 +16,7 @@
 #include "strategies/fsdp_strategy.h"
 #include "strategies/launcher.h"
 #include "strategies/process_group.h"
+#include "strategies/shared_folder.h"
 #include "strategies/single_device_strategy.h"
 #include "strategies/strategy.h"
 
@@ -24,6 +26,10 @@ Fabric::Fabric(const FabricOptions& options) : options_(options) {}
 
 Fabric::~Fabric() {
   if (launcher_ && launcher_->is_launcher()) {
+    // Leave the group first: local ranks still waiting on this one fail at
+    // once instead of at the collective timeout.
+    strategy_.reset();
+    context_.reset();
     if (absl::Status s = Finish(); !s.ok()) std::cerr << "fabric: " << s << std::endl;
   }
 }
@@ -34,13 +40,19 @@ absl::StatusOr<std::unique_ptr<Fabric>> Fabric::Create(const FabricOptions& opti
     return absl::InvalidArgumentError(absl::StrCat(
         "FabricOptions.accelerator: '", acc, "' is not one of auto, cpu, cuda, gpu"));
   }
-  if (options.devices < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("FabricOptions.devices: must be at least 1, got ", options.devices));
+  if (options.devices < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        options.option_prefix, "devices: must be at least 1 (or 0: from the environment), got ",
+        options.devices));
   }
-  if (options.num_nodes < 1) {
+  if (options.num_nodes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        options.option_prefix, "num_nodes: must be at least 1 (or 0: from the environment), got ",
+        options.num_nodes));
+  }
+  if (options.rendezvous_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("FabricOptions.num_nodes: must be at least 1, got ", options.num_nodes));
+        absl::StrCat(options.option_prefix, "rendezvous_timeout: must be positive"));
   }
   const std::string& st = options.strategy;
   if (st != "auto" && st != "single_device" && st != "ddp" && st != "fsdp") {
@@ -84,12 +96,25 @@ absl::Status Fabric::Launch() {
   strategies::LaunchOptions launch;
   launch.devices = options_.devices;
   launch.num_nodes = options_.num_nodes;
+  launch.node_rank = options_.node_rank;
+  launch.main_address = options_.main_address;
+  launch.main_port = options_.main_port;
+  launch.option_prefix = options_.option_prefix;
   FABRIC_ASSIGN_OR_RETURN(launcher_, strategies::Launcher::Launch(launch));
   strategies::DistributedOptions dist;
   dist.backend = want_cuda_ ? strategies::CommBackend::kNccl : strategies::CommBackend::kGloo;
   dist.timeout = options_.timeout;
+  dist.rendezvous_timeout = options_.rendezvous_timeout;
+  dist.exit_on_peer_failure = true;  // No rank of any node outlives a dead one.
   FABRIC_ASSIGN_OR_RETURN(context_,
                           strategies::DistributedContext::Create(launcher_->cluster(), dist));
+  if (launcher_->is_launcher()) {
+    // A local rank that dies is announced to every node at once.
+    std::weak_ptr<strategies::DistributedContext> weak = context_;
+    launcher_->WatchChildren([weak](const std::string& failure) {
+      if (auto ctx = weak.lock()) ctx->ReportFailure(failure);
+    });
+  }
   if (options_.strategy == "fsdp") {
     strategies::FsdpOptions fsdp;
     if (!options_.fsdp_wrap_module_types.empty()) {
@@ -178,18 +203,43 @@ AutocastGuard Fabric::Autocast() const {
   return AutocastGuard(device().type(), *ParsePrecision(options_.precision));
 }
 
+namespace {
+// The folder a checkpoint at `path` is written in.
+std::string FolderOf(const std::string& path) {
+  const std::string parent = std::filesystem::path(path).parent_path().string();
+  return parent.empty() ? "." : parent;
+}
+}  // namespace
+
+absl::Status Fabric::CheckSameCheckpoint(const std::string& path) {
+  if (!context_ || context_->world_size() < 2) return absl::OkStatus();
+  return strategies::CheckSameCheckpoint(*context_, path);
+}
+
+absl::Status Fabric::CheckSharedFolder(const std::string& dir) {
+  if (!context_ || context_->world_size() < 2 || shared_folders_.contains(dir)) {
+    return absl::OkStatus();
+  }
+  FABRIC_RETURN_IF_ERROR(strategies::CheckSharedFolder(*context_, dir));
+  shared_folders_.insert(dir);
+  return absl::OkStatus();
+}
+
 absl::Status Fabric::Save(const std::string& path, const State& state, const StateFilter& filter) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  FABRIC_RETURN_IF_ERROR(CheckSharedFolder(FolderOf(path)));
   return strategy_->Save(path, state, filter);
 }
 
 absl::StatusOr<Dict> Fabric::Load(const std::string& path, State& state, bool strict) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  FABRIC_RETURN_IF_ERROR(CheckSameCheckpoint(path));
   return strategy_->Load(path, state, strict);
 }
 
 absl::StatusOr<Dict> Fabric::Load(const std::string& path) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  FABRIC_RETURN_IF_ERROR(CheckSameCheckpoint(path));
   return strategy_->LoadAll(path);
 }
 

@@ -29,6 +29,7 @@
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -49,9 +50,22 @@ class DistributedContext;
 struct FabricOptions {
   // "cpu", "cuda" (or "gpu") or "auto" (cuda when available).
   std::string accelerator = "auto";
-  // Processes per node, one per device.
+  // Processes per node, one per device, and nodes; 0: from the environment
+  // of a torchrun or srun launch (LOCAL_WORLD_SIZE, SLURM_NNODES, ...), else 1.
   int devices = 1;
   int num_nodes = 1;
+  // Several nodes under Fabric's own launcher (the same program on every
+  // node): this node's rank (-1: $NODE_RANK), node 0's address (empty:
+  // $MASTER_ADDR) and port (0: $MASTER_PORT). Where the environment sets
+  // them too, the two must agree.
+  int node_rank = -1;
+  std::string main_address;
+  int main_port = 0;
+  // How long the rendezvous waits for every rank (a node that never
+  // arrives is named after this long).
+  absl::Duration rendezvous_timeout = absl::Minutes(5);
+  // How errors name the launch settings above ("--" for a program's flags).
+  std::string option_prefix = "FabricOptions.";
   // "auto" (single_device for one process, ddp for more), "single_device",
   // "ddp" or "fsdp".
   std::string strategy = "auto";
@@ -168,16 +182,23 @@ class Fabric {
   absl::Status RankZeroFirst(const std::function<absl::Status()>& fn);
   // Prints a line on global rank 0 only.
   void Print(const std::string& line) const;
+  // Checks that every rank sees the same folder `dir` (a node-local path on
+  // several nodes is an error naming the ranks that do not see it). Save
+  // does it for a checkpoint's folder before writing; once per folder.
+  absl::Status CheckSharedFolder(const std::string& dir);
 
  private:
   explicit Fabric(const FabricOptions& options);
   absl::Status EnsureStrategy();
+  // Every rank loads the same checkpoint (several ranks only).
+  absl::Status CheckSameCheckpoint(const std::string& path);
 
   FabricOptions options_;
   bool want_cuda_ = false;
   std::unique_ptr<strategies::Launcher> launcher_;
   std::shared_ptr<strategies::DistributedContext> context_;
   std::unique_ptr<strategies::Strategy> strategy_;
+  absl::flat_hash_set<std::string> shared_folders_;  // CheckSharedFolder passed
 };
 
 }  // namespace fabric

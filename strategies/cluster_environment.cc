@@ -1,14 +1,17 @@
 #include "strategies/cluster_environment.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "base/status_macros.h"
 
@@ -108,6 +111,9 @@ absl::StatusOr<ClusterEnvironment> FromTorchrun(const EnvLookup& env) {
   FABRIC_ASSIGN_OR_RETURN(v, ReadInt(env, "MASTER_PORT", true, kWhy));
   c.master_port = *v;
   FABRIC_RETURN_IF_ERROR(CheckPort("MASTER_PORT", c.master_port));
+  c.external_store = env("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
+  FABRIC_ASSIGN_OR_RETURN(v, ReadInt(env, "TORCHELASTIC_RESTART_COUNT", false, kWhy));
+  c.restart_count = v.value_or(0);
   return c;
 }
 
@@ -125,7 +131,11 @@ absl::StatusOr<ClusterEnvironment> FromSlurm(const EnvLookup& env) {
         "environment variable SLURM_NTASKS=", c.world_size, " must be >= 1"));
   }
   FABRIC_RETURN_IF_ERROR(CheckRange("SLURM_PROCID", c.rank, 0, c.world_size, "SLURM_NTASKS"));
+  // SLURM_NNODES is the step's node count, SLURM_JOB_NUM_NODES the job's.
   FABRIC_ASSIGN_OR_RETURN(v, ReadInt(env, "SLURM_NNODES", false, kWhy));
+  if (!v.has_value()) {
+    FABRIC_ASSIGN_OR_RETURN(v, ReadInt(env, "SLURM_JOB_NUM_NODES", false, kWhy));
+  }
   c.num_nodes = v.value_or(1);
   if (c.num_nodes < 1 || c.num_nodes > c.world_size) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -138,6 +148,17 @@ absl::StatusOr<ClusterEnvironment> FromSlurm(const EnvLookup& env) {
         c.num_nodes, ": fabric needs the same number of tasks on every node"));
   }
   c.local_world_size = c.world_size / c.num_nodes;
+  // srun --ntasks-per-node=N sets "N"; uneven layouts read "2(x3),1".
+  if (std::optional<std::string> per_node = env("SLURM_NTASKS_PER_NODE"); per_node.has_value()) {
+    int n = 0;
+    absl::string_view text = absl::StripAsciiWhitespace(*per_node);
+    if (!absl::SimpleAtoi(text, &n) || n != c.local_world_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "environment variable SLURM_NTASKS_PER_NODE='", *per_node, "' does not match SLURM_NTASKS=",
+          c.world_size, " / SLURM_NNODES=", c.num_nodes, " = ", c.local_world_size,
+          ": fabric needs the same number of tasks on every node (srun --ntasks-per-node)"));
+    }
+  }
   FABRIC_ASSIGN_OR_RETURN(v, ReadInt(env, "SLURM_LOCALID", true, kWhy));
   c.local_rank = *v;
   FABRIC_RETURN_IF_ERROR(CheckRange("SLURM_LOCALID", c.local_rank, 0, c.local_world_size,
@@ -148,11 +169,14 @@ absl::StatusOr<ClusterEnvironment> FromSlurm(const EnvLookup& env) {
 
   if (std::optional<std::string> addr = env("MASTER_ADDR"); addr.has_value() && !addr->empty()) {
     c.master_addr = *addr;
-  } else if (std::optional<std::string> nodes = env("SLURM_NODELIST"); nodes.has_value()) {
-    FABRIC_ASSIGN_OR_RETURN(c.master_addr, FirstSlurmHost(*nodes));
+  } else if (std::optional<std::string> nodes = env("SLURM_JOB_NODELIST"); nodes.has_value()) {
+    FABRIC_ASSIGN_OR_RETURN(c.master_addr, FirstSlurmHost(*nodes, "SLURM_JOB_NODELIST"));
+  } else if (std::optional<std::string> step_nodes = env("SLURM_NODELIST");
+             step_nodes.has_value()) {
+    FABRIC_ASSIGN_OR_RETURN(c.master_addr, FirstSlurmHost(*step_nodes, "SLURM_NODELIST"));
   } else if (c.num_nodes > 1) {
     return absl::InvalidArgumentError(
-        "neither MASTER_ADDR nor SLURM_NODELIST is set: cannot find the master "
+        "neither MASTER_ADDR nor SLURM_JOB_NODELIST is set: cannot find the main "
         "node of a multi-node SLURM job");
   }
   FABRIC_ASSIGN_OR_RETURN(v, ReadInt(env, "MASTER_PORT", false, kWhy));
@@ -192,6 +216,18 @@ absl::string_view ClusterKindName(ClusterKind kind) {
   return "unknown";
 }
 
+std::string DescribeRanks(const ClusterEnvironment& cluster, const std::vector<int>& ranks) {
+  std::string text = absl::StrJoin(ranks, ", ");
+  if (cluster.num_nodes <= 1 || cluster.local_world_size < 1 || ranks.empty()) return text;
+  std::vector<int> nodes;
+  for (int r : ranks) {
+    const int node = r / cluster.local_world_size;
+    if (nodes.empty() || nodes.back() != node) nodes.push_back(node);
+  }
+  return absl::StrCat(text, " (node", nodes.size() > 1 ? "s " : " ", absl::StrJoin(nodes, ", "),
+                      ")");
+}
+
 EnvLookup ProcessEnv() {
   return [](absl::string_view name) -> std::optional<std::string> {
     const char* value = std::getenv(std::string(name).c_str());
@@ -200,25 +236,34 @@ EnvLookup ProcessEnv() {
   };
 }
 
-absl::StatusOr<std::string> FirstSlurmHost(absl::string_view nodelist) {
+absl::StatusOr<std::string> FirstSlurmHost(absl::string_view nodelist,
+                                           absl::string_view variable) {
   nodelist = absl::StripAsciiWhitespace(nodelist);
   if (nodelist.empty()) {
-    return absl::InvalidArgumentError("environment variable SLURM_NODELIST is empty");
+    return absl::InvalidArgumentError(absl::StrCat("environment variable ", variable, " is empty"));
   }
-  size_t bracket = nodelist.find('[');
-  size_t comma = nodelist.find(',');
-  if (bracket == absl::string_view::npos || (comma != absl::string_view::npos && comma < bracket)) {
-    return std::string(nodelist.substr(0, comma));
+  // The first entry: up to a separator outside brackets.
+  size_t end = 0;
+  for (int depth = 0; end < nodelist.size(); ++end) {
+    const char ch = nodelist[end];
+    if (ch == '[') ++depth;
+    if (ch == ']') --depth;
+    if (depth == 0 && (ch == ',' || ch == ' ')) break;
   }
-  absl::string_view prefix = nodelist.substr(0, bracket);
-  absl::string_view rest = nodelist.substr(bracket + 1);
-  size_t end = rest.find_first_of(",-]");
-  if (end == absl::string_view::npos || end == 0) {
+  absl::string_view first = nodelist.substr(0, end);
+  const size_t open = first.find('[');
+  if (open == absl::string_view::npos) return std::string(first);
+  // "node[01-04,07]suffix": the range's first value keeps its zero padding.
+  const size_t close = first.find(']', open);
+  absl::string_view inside =
+      close == absl::string_view::npos ? absl::string_view() : first.substr(open + 1, close - open - 1);
+  absl::string_view head = inside.substr(0, inside.find_first_of(",-"));
+  if (head.empty() || !std::all_of(head.begin(), head.end(), absl::ascii_isdigit)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "environment variable SLURM_NODELIST='", nodelist,
-        "' is not a SLURM host list (expected e.g. node[1-4])"));
+        "environment variable ", variable, "='", nodelist,
+        "' is not a SLURM host list (expected e.g. node[01-04,07])"));
   }
-  return absl::StrCat(prefix, rest.substr(0, end));
+  return absl::StrCat(first.substr(0, open), head, first.substr(close + 1));
 }
 
 absl::StatusOr<ClusterEnvironment> DetectClusterEnvironment(const EnvLookup& env) {
@@ -231,7 +276,9 @@ absl::StatusOr<ClusterEnvironment> DetectClusterEnvironment(const EnvLookup& env
           "unset ", name, " (let fabric launch the processes)"));
     }
   }
-  if (env("SLURM_PROCID").has_value() && env("SLURM_NTASKS").has_value()) {
+  const std::string job_name = env("SLURM_JOB_NAME").value_or("");
+  const bool interactive = job_name == "bash" || job_name == "interactive";
+  if (env("SLURM_PROCID").has_value() && env("SLURM_NTASKS").has_value() && !interactive) {
     return FromSlurm(env);
   }
   return ClusterEnvironment{};

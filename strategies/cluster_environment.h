@@ -4,6 +4,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -31,11 +32,20 @@ struct ClusterEnvironment {
   int num_nodes = 1;
   std::string master_addr = "127.0.0.1";
   int master_port = 0;  // 0: not known (launcher picks one).
+  // torchrun's agent already hosts the TCPStore at master_addr:master_port
+  // (TORCHELASTIC_USE_AGENT_STORE=True): rank 0 connects instead of hosting.
+  bool external_store = false;
+  // torchrun's restart count (TORCHELASTIC_RESTART_COUNT): keeps the keys of
+  // a restarted group apart from the last attempt's in a long-lived store.
+  int restart_count = 0;
 
   // No launcher variables: the local ranks still have to be started.
   bool needs_launch() const { return kind == ClusterKind::kNone; }
   bool is_rank_zero() const { return rank == 0; }
 };
+
+// "2, 3 (node 1)": ranks, with their nodes when there are several.
+std::string DescribeRanks(const ClusterEnvironment& cluster, const std::vector<int>& ranks);
 
 // Reads one environment variable; nullopt when unset.
 using EnvLookup = std::function<std::optional<std::string>(absl::string_view)>;
@@ -44,13 +54,17 @@ using EnvLookup = std::function<std::optional<std::string>(absl::string_view)>;
 EnvLookup ProcessEnv();
 
 // Detects the cluster from the environment. Torchrun variables win over
-// SLURM ones (torchrun inside an srun allocation sets both). Errors name the
-// offending variable.
+// SLURM ones (torchrun inside an srun allocation sets both). SLURM counts only
+// for tasks started by srun: an allocation's interactive shell
+// (SLURM_JOB_NAME bash or interactive, as in Lightning) is a plain launch.
+// Errors name the offending variable.
 absl::StatusOr<ClusterEnvironment> DetectClusterEnvironment(
     const EnvLookup& env = ProcessEnv());
 
-// First host of a SLURM node list: "node[003-005,9],gpu1" -> "node003".
-absl::StatusOr<std::string> FirstSlurmHost(absl::string_view nodelist);
+// First host of a SLURM node list: "node[003-005,9],gpu1" -> "node003",
+// "a1 a2" -> "a1". `variable` names the list in errors.
+absl::StatusOr<std::string> FirstSlurmHost(absl::string_view nodelist,
+                                           absl::string_view variable = "SLURM_JOB_NODELIST");
 
 }  // namespace fabric::strategies
 

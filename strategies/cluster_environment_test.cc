@@ -123,6 +123,72 @@ TEST(ClusterEnvironment, FirstSlurmHost) {
   EXPECT_EQ(*FirstSlurmHost("x[12]"), "x12");
   EXPECT_FALSE(FirstSlurmHost("x[").ok());
   EXPECT_FALSE(FirstSlurmHost("").ok());
+  EXPECT_EQ(*FirstSlurmHost("node[01-04,07]"), "node01");
+  EXPECT_EQ(*FirstSlurmHost("node[07,01-04]"), "node07");
+  EXPECT_EQ(*FirstSlurmHost("rack[2-3]-gpu[01-02],login"), "rack2-gpu[01-02]")
+      << "only the first bracket of an entry is a range here";
+  EXPECT_EQ(*FirstSlurmHost("host0 host1"), "host0");
+  EXPECT_EQ(*FirstSlurmHost("127.0.0.[1-2]"), "127.0.0.1");
+  absl::StatusOr<std::string> bad = FirstSlurmHost("n[a-b]", "SLURM_JOB_NODELIST");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("SLURM_JOB_NODELIST='n[a-b]'"), std::string::npos)
+      << bad.status();
+}
+
+TEST(ClusterEnvironment, SlurmJobNodelistAndTasksPerNode) {
+  absl::StatusOr<ClusterEnvironment> c = DetectClusterEnvironment(MapEnv({
+      {"SLURM_PROCID", "5"}, {"SLURM_LOCALID", "1"}, {"SLURM_NTASKS", "8"},
+      {"SLURM_NODEID", "2"}, {"SLURM_JOB_NUM_NODES", "4"}, {"SLURM_NTASKS_PER_NODE", "2"},
+      {"SLURM_JOB_NODELIST", "node[01-04,07]"}, {"SLURM_NODELIST", "other1"},
+      {"SLURM_JOB_ID", "77"}}));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->num_nodes, 4);
+  EXPECT_EQ(c->local_world_size, 2);
+  EXPECT_EQ(c->node_rank, 2);
+  EXPECT_EQ(c->master_addr, "node01");
+  EXPECT_EQ(c->master_port, 15077);
+
+  c = DetectClusterEnvironment(MapEnv({{"SLURM_PROCID", "0"}, {"SLURM_LOCALID", "0"},
+                                       {"SLURM_NTASKS", "4"}, {"SLURM_NNODES", "2"},
+                                       {"SLURM_NTASKS_PER_NODE", "4"},
+                                       {"SLURM_JOB_NODELIST", "a,b"}}));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("SLURM_NTASKS_PER_NODE='4'"), std::string::npos)
+      << c.status();
+}
+
+TEST(ClusterEnvironment, InteractiveSlurmShellIsAPlainLaunch) {
+  // srun --pty bash inside an allocation: Lightning launches from there.
+  for (const char* name : {"bash", "interactive"}) {
+    absl::StatusOr<ClusterEnvironment> c = DetectClusterEnvironment(
+        MapEnv({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}, {"SLURM_JOB_NAME", name}}));
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_TRUE(c->needs_launch()) << name;
+  }
+}
+
+TEST(ClusterEnvironment, TorchrunAgentStore) {
+  absl::StatusOr<ClusterEnvironment> c = DetectClusterEnvironment(MapEnv(
+      {{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "29500"},
+       {"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"TORCHELASTIC_RESTART_COUNT", "2"}}));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->external_store);
+  EXPECT_EQ(c->restart_count, 2);
+  c = DetectClusterEnvironment(MapEnv({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "1"},
+                                       {"TORCHELASTIC_USE_AGENT_STORE", "False"}}));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->external_store);
+}
+
+TEST(ClusterEnvironment, DescribeRanksNamesNodes) {
+  ClusterEnvironment c;
+  c.world_size = 6;
+  c.local_world_size = 2;
+  c.num_nodes = 3;
+  EXPECT_EQ(DescribeRanks(c, {2, 3}), "2, 3 (node 1)");
+  EXPECT_EQ(DescribeRanks(c, {1, 4}), "1, 4 (nodes 0, 2)");
+  c.num_nodes = 1;
+  EXPECT_EQ(DescribeRanks(c, {1}), "1");
 }
 
 }  // namespace

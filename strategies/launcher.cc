@@ -17,6 +17,7 @@
 #include <optional>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "strategies/free_port.h"
 #include "base/status_macros.h"
@@ -133,31 +135,87 @@ std::string DescribeWaitStatus(int status) {
   return absl::StrCat("ended with wait status ", status);
 }
 
-absl::StatusOr<int> ReadNodeRank(const EnvLookup& env) {
-  for (const char* name : {"NODE_RANK", "GROUP_RANK"}) {
-    std::optional<std::string> raw = env(name);
-    if (!raw.has_value()) continue;
-    int value = 0;
-    if (!absl::SimpleAtoi(*raw, &value)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("environment variable ", name, "='", *raw, "' is not an integer"));
-    }
-    return value;
+// An integer environment variable; nullopt when unset.
+absl::StatusOr<std::optional<int>> EnvInt(const EnvLookup& env, absl::string_view name) {
+  std::optional<std::string> raw = env(name);
+  if (!raw.has_value()) return std::optional<int>();
+  int value = 0;
+  if (!absl::SimpleAtoi(*raw, &value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("environment variable ", name, "='", *raw, "' is not an integer"));
   }
-  return absl::InvalidArgumentError(
-      "environment variable NODE_RANK is not set: with num_nodes > 1 every node's launcher "
-      "needs NODE_RANK (0..num_nodes-1), MASTER_ADDR and MASTER_PORT");
+  return std::optional<int>(value);
+}
+
+// A setting given as an option and/or an environment variable: the option
+// wins where the variable is unset, and the two must agree where both are.
+template <typename T>
+absl::StatusOr<std::optional<T>> Reconcile(const std::string& option, std::optional<T> given,
+                                           absl::string_view variable, std::optional<T> from_env) {
+  if (given.has_value() && from_env.has_value() && *given != *from_env) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        option, "=", *given, " but environment variable ", variable, "=", *from_env,
+        ": they disagree (set one of them, or the same value in both)"));
+  }
+  return given.has_value() ? given : from_env;
+}
+
+// A joined process: the options it was given must describe its launcher's job.
+absl::Status CheckJoined(const LaunchOptions& o, const ClusterEnvironment& c) {
+  const bool slurm = c.kind == ClusterKind::kSlurm;
+  auto differ = [&](absl::string_view name, const auto& given, const auto& actual,
+                    absl::string_view from) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        o.option_prefix, name, "=", given, " but the ", ClusterKindName(c.kind), " environment has ",
+        actual, " (", from, "): they disagree (leave ", o.option_prefix, name,
+        " unset to take it from the environment)"));
+  };
+  if (o.devices > 0 && o.devices != c.local_world_size) {
+    return differ("devices", o.devices, c.local_world_size,
+                  slurm ? "processes per node: SLURM_NTASKS / SLURM_NNODES" : "LOCAL_WORLD_SIZE");
+  }
+  if (o.num_nodes > 0 && o.num_nodes != c.num_nodes) {
+    return differ("num_nodes", o.num_nodes, c.num_nodes,
+                  slurm ? "SLURM_NNODES" : "nodes: WORLD_SIZE / LOCAL_WORLD_SIZE");
+  }
+  if (o.node_rank >= 0 && o.node_rank != c.node_rank) {
+    return differ("node_rank", o.node_rank, c.node_rank, slurm ? "SLURM_NODEID" : "GROUP_RANK");
+  }
+  if (!o.main_address.empty() && o.main_address != c.master_addr) {
+    return differ("main_address", o.main_address, c.master_addr,
+                  slurm ? "MASTER_ADDR or the first host of SLURM_JOB_NODELIST" : "MASTER_ADDR");
+  }
+  if (o.main_port > 0 && o.main_port != c.master_port) {
+    return differ("main_port", o.main_port, c.master_port,
+                  slurm ? "MASTER_PORT or 15000 + the last 4 digits of SLURM_JOB_ID" : "MASTER_PORT");
+  }
+  return absl::OkStatus();
+}
+
+// siginfo of an ended child as a wait status (for DescribeWaitStatus).
+int WaitStatusOf(const siginfo_t& info) {
+  if (info.si_code == CLD_EXITED) return (info.si_status & 0xff) << 8;
+  return info.si_status & 0x7f;
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Launcher>> Launcher::Launch(const LaunchOptions& options,
                                                            const EnvLookup& env) {
+  const std::string& p = options.option_prefix;
   if (options.devices < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("LaunchOptions.devices=", options.devices, " must be >= 0"));
+    return absl::InvalidArgumentError(absl::StrCat(p, "devices=", options.devices, " must be >= 0"));
   }
-  if (options.num_nodes < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("LaunchOptions.num_nodes=", options.num_nodes, " must be >= 1"));
+  if (options.num_nodes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(p, "num_nodes=", options.num_nodes, " must be >= 0"));
+  }
+  if (options.node_rank < -1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(p, "node_rank=", options.node_rank, " must be >= 0 (or -1: from NODE_RANK)"));
+  }
+  if (options.main_port < 0 || options.main_port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(p, "main_port=", options.main_port, " is not a TCP port (1..65535)"));
   }
   std::unique_ptr<Launcher> launcher(new Launcher());
   FABRIC_ASSIGN_OR_RETURN(launcher->cluster_, DetectClusterEnvironment(env));
@@ -166,66 +224,83 @@ absl::StatusOr<std::unique_ptr<Launcher>> Launcher::Launch(const LaunchOptions& 
   if (!c.needs_launch()) {
     // Started by us, torchrun or srun: join, but check that the job is the
     // one the program asks for.
-    if (options.devices > 0 && options.devices != c.local_world_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "LaunchOptions.devices=", options.devices, " but the ", ClusterKindName(c.kind),
-          " environment has ", c.local_world_size, " processes per node (",
-          c.kind == ClusterKind::kSlurm ? "SLURM_NTASKS / SLURM_NNODES" : "LOCAL_WORLD_SIZE", ")"));
-    }
-    if (options.num_nodes != c.num_nodes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "LaunchOptions.num_nodes=", options.num_nodes, " but the ", ClusterKindName(c.kind),
-          " environment has ", c.num_nodes, " nodes (",
-          c.kind == ClusterKind::kSlurm ? "SLURM_NNODES" : "WORLD_SIZE / LOCAL_WORLD_SIZE", ")"));
-    }
+    FABRIC_RETURN_IF_ERROR(CheckJoined(options, c));
     return launcher;
   }
 
-  int devices = options.devices == 0 ? 1 : options.devices;
+  const int devices = options.devices == 0 ? 1 : options.devices;
+  const int num_nodes = options.num_nodes == 0 ? 1 : options.num_nodes;
   c.kind = ClusterKind::kTorchrun;
   c.local_world_size = devices;
-  c.num_nodes = options.num_nodes;
-  c.world_size = devices * options.num_nodes;
+  c.num_nodes = num_nodes;
+  c.world_size = devices * num_nodes;
   c.local_rank = 0;
-  c.node_rank = 0;
-  if (options.num_nodes > 1) {
-    FABRIC_ASSIGN_OR_RETURN(c.node_rank, ReadNodeRank(env));
-    if (c.node_rank < 0 || c.node_rank >= options.num_nodes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "environment variable NODE_RANK=", c.node_rank, " is out of range for num_nodes=",
-          options.num_nodes));
-    }
+
+  // Node rank: the option, else NODE_RANK (Lightning's), else GROUP_RANK.
+  absl::string_view node_var = "NODE_RANK";
+  std::optional<int> env_node;
+  FABRIC_ASSIGN_OR_RETURN(env_node, EnvInt(env, node_var));
+  if (!env_node.has_value()) {
+    node_var = "GROUP_RANK";
+    FABRIC_ASSIGN_OR_RETURN(env_node, EnvInt(env, node_var));
+  }
+  std::optional<int> node_rank;
+  FABRIC_ASSIGN_OR_RETURN(
+      node_rank, Reconcile(absl::StrCat(p, "node_rank"),
+                           options.node_rank >= 0 ? std::optional<int>(options.node_rank)
+                                                  : std::nullopt,
+                           node_var, env_node));
+  const std::string multi = absl::StrCat(" is not set: with ", p, "num_nodes=", num_nodes,
+                                         " every node's launch needs ");
+  if (!node_rank.has_value() && num_nodes > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        p, "node_rank (or environment variable NODE_RANK)", multi,
+        "its node rank (0..", num_nodes - 1, "), and node 0's address and port"));
+  }
+  c.node_rank = node_rank.value_or(0);
+  if (c.node_rank < 0 || c.node_rank >= num_nodes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "node rank ", c.node_rank, " (", options.node_rank >= 0 ? p + "node_rank" : std::string(node_var),
+        ") is out of range for ", p, "num_nodes=", num_nodes, " (0..", num_nodes - 1, ")"));
   }
   c.rank = c.node_rank * devices;
 
-  c.master_addr = options.master_addr;
-  if (c.master_addr.empty()) c.master_addr = env("MASTER_ADDR").value_or("");
-  if (c.master_addr.empty()) {
-    if (options.num_nodes > 1) {
-      return absl::InvalidArgumentError(
-          "environment variable MASTER_ADDR is not set: with num_nodes > 1 every node must "
-          "know the address of node 0");
-    }
-    c.master_addr = "127.0.0.1";
+  std::optional<std::string> address;
+  FABRIC_ASSIGN_OR_RETURN(
+      address, Reconcile(absl::StrCat(p, "main_address"),
+                         options.main_address.empty() ? std::nullopt
+                                                      : std::optional<std::string>(options.main_address),
+                         "MASTER_ADDR", env("MASTER_ADDR")));
+  if (address.has_value() && address->empty()) {
+    return absl::InvalidArgumentError("environment variable MASTER_ADDR is empty");
   }
-  c.master_port = options.master_port;
-  if (c.master_port == 0) {
-    if (std::optional<std::string> raw = env("MASTER_PORT"); raw.has_value()) {
-      if (!absl::SimpleAtoi(*raw, &c.master_port) || c.master_port < 1 || c.master_port > 65535) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("environment variable MASTER_PORT='", *raw, "' is not a TCP port"));
-      }
-    } else if (options.num_nodes > 1) {
-      return absl::InvalidArgumentError(
-          "environment variable MASTER_PORT is not set: with num_nodes > 1 every node must "
-          "use the same rendezvous port");
-    } else {
-      FABRIC_ASSIGN_OR_RETURN(c.master_port, FindFreePort(c.master_addr));
-    }
+  if (!address.has_value() && num_nodes > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        p, "main_address (or environment variable MASTER_ADDR)", multi,
+        "the address of node 0, which hosts the rendezvous"));
   }
-  if (c.master_port < 1 || c.master_port > 65535) {
+  c.master_addr = address.value_or("127.0.0.1");
+
+  std::optional<int> env_port;
+  FABRIC_ASSIGN_OR_RETURN(env_port, EnvInt(env, "MASTER_PORT"));
+  if (env_port.has_value() && (*env_port < 1 || *env_port > 65535)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("LaunchOptions.master_port=", c.master_port, " is not a TCP port"));
+        absl::StrCat("environment variable MASTER_PORT=", *env_port, " is not a TCP port"));
+  }
+  std::optional<int> port;
+  FABRIC_ASSIGN_OR_RETURN(
+      port, Reconcile(absl::StrCat(p, "main_port"),
+                      options.main_port > 0 ? std::optional<int>(options.main_port) : std::nullopt,
+                      "MASTER_PORT", env_port));
+  if (!port.has_value() && num_nodes > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        p, "main_port (or environment variable MASTER_PORT)", multi,
+        "the same rendezvous port"));
+  }
+  if (port.has_value()) {
+    c.master_port = *port;
+  } else {
+    FABRIC_ASSIGN_OR_RETURN(c.master_port, FindFreePort(c.master_addr));
   }
   if (devices > 1) FABRIC_RETURN_IF_ERROR(launcher->Spawn(options));
   return launcher;
@@ -331,8 +406,48 @@ std::vector<pid_t> Launcher::child_pids() const {
 }
 
 std::string Launcher::Describe(const Child& child) const {
-  return absl::StrCat("rank ", child.rank, " (local rank ", child.local_rank, ", pid ",
-                      child.pid, ") ", DescribeWaitStatus(child.wait_status));
+  return DescribeRank(child, child.wait_status);
+}
+
+std::string Launcher::DescribeRank(const Child& child, int wait_status) const {
+  const std::string node =
+      cluster_.num_nodes > 1 ? absl::StrCat("node ", cluster_.node_rank, ", ") : std::string();
+  return absl::StrCat("rank ", child.rank, " (", node, "local rank ", child.local_rank, ", pid ",
+                      child.pid, ") ", DescribeWaitStatus(wait_status));
+}
+
+void Launcher::WatchChildren(std::function<void(const std::string& failure)> on_failure) {
+  StopWatching();
+  stop_watching_ = false;
+  std::vector<Child> watched = children_;
+  watcher_ = std::thread([this, watched, on_failure = std::move(on_failure)]() {
+    std::vector<bool> done(watched.size(), false);
+    size_t left = watched.size();
+    while (left > 0 && !stop_watching_.load()) {
+      for (size_t i = 0; i < watched.size(); ++i) {
+        if (done[i]) continue;
+        // WNOWAIT: look without reaping (Finish and CheckChildren reap).
+        siginfo_t info{};
+        const int r = waitid(P_PID, static_cast<id_t>(watched[i].pid), &info,
+                             WEXITED | WNOHANG | WNOWAIT);
+        if (r < 0 && errno != EINTR) {  // Reaped already (ECHILD).
+          done[i] = true;
+          --left;
+        } else if (r == 0 && info.si_pid == watched[i].pid) {
+          done[i] = true;
+          --left;
+          const int status = WaitStatusOf(info);
+          if (status != 0) on_failure(DescribeRank(watched[i], status));
+        }
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  });
+}
+
+void Launcher::StopWatching() {
+  stop_watching_ = true;
+  if (watcher_.joinable()) watcher_.join();
 }
 
 int Launcher::Poll() {
@@ -401,6 +516,9 @@ void Launcher::Terminate(absl::Duration grace) {
   }
 }
 
-Launcher::~Launcher() { Terminate(); }
+Launcher::~Launcher() {
+  StopWatching();
+  Terminate();
+}
 
 }  // namespace fabric::strategies

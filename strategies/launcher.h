@@ -3,8 +3,11 @@
 
 #include <sys/types.h>
 
+#include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -16,14 +19,22 @@
 namespace fabric::strategies {
 
 struct LaunchOptions {
-  // Processes on this node. 0: take it from the environment when joining
+  // Processes on this node. 0: from the environment when joining
   // (LOCAL_WORLD_SIZE / SLURM), else 1.
   int devices = 1;
+  // Nodes. 0: from the environment when joining, else 1.
   int num_nodes = 1;
-  // Rendezvous address; empty: $MASTER_ADDR, else 127.0.0.1.
-  std::string master_addr;
+  // This node's rank. -1: $NODE_RANK (or $GROUP_RANK); needed with
+  // num_nodes > 1.
+  int node_rank = -1;
+  // Rendezvous address (node 0's); empty: $MASTER_ADDR, else 127.0.0.1
+  // (single node only).
+  std::string main_address;
   // Rendezvous port; 0: $MASTER_PORT, else a free port (single node only).
-  int master_port = 0;
+  int main_port = 0;
+  // How errors name the five settings above: "LaunchOptions.num_nodes",
+  // or "--num_nodes" with prefix "--".
+  std::string option_prefix = "LaunchOptions.";
   // Program and arguments of the local ranks 1..devices-1. Empty: this
   // process's own (/proc/self/exe with /proc/self/cmdline).
   std::string executable;
@@ -43,6 +54,13 @@ struct LaunchOptions {
 // (tied to the thread that called Launch(), so call it from the main thread),
 // and the launcher terminates and reaps them when it is destroyed without
 // Finish(), on exit() and on SIGINT/SIGTERM/SIGHUP.
+//
+// Settings given both as options and in the environment must agree (an
+// error names both); a joined process checks the options it was given
+// against its launcher's variables, so every node runs the same job.
+// Several nodes: run the same program on each node with its node rank and
+// node 0's address and port; each starts its local ranks with global ranks
+// node_rank * devices + local_rank.
 //
 // The launcher does not change this process's environment: take the
 // rank information from cluster().
@@ -76,6 +94,14 @@ class Launcher {
   // SIGTERM to the children still running, SIGKILL after `grace`, and reap.
   void Terminate(absl::Duration grace = absl::Seconds(3));
 
+  // Calls `on_failure` from a background thread, once per child, as soon as
+  // a child ends with a non-zero status ("rank 3 (node 1, local rank 1, pid
+  // 77) was killed by signal 9 (Killed)"), so that the other nodes can be
+  // told at once. Reaping stays with Finish/CheckChildren.
+  void WatchChildren(std::function<void(const std::string& failure)> on_failure);
+  // Stops the watching thread (also done by the destructor).
+  void StopWatching();
+
  private:
   struct Child {
     int rank = 0;
@@ -90,9 +116,12 @@ class Launcher {
   // Reaps the children that have exited; returns how many are still running.
   int Poll();
   std::string Describe(const Child& child) const;
+  std::string DescribeRank(const Child& child, int wait_status) const;
 
   ClusterEnvironment cluster_;
   std::vector<Child> children_;
+  std::thread watcher_;
+  std::atomic<bool> stop_watching_{false};
 };
 
 }  // namespace fabric::strategies

@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -102,6 +103,130 @@ TEST(Launcher, MultiNodeWithoutChildrenComputesRank) {
   EXPECT_EQ((*launcher)->cluster().rank, 2);
   EXPECT_EQ((*launcher)->cluster().world_size, 3);
   EXPECT_EQ((*launcher)->cluster().master_addr, "h");
+}
+
+TEST(Launcher, NodeOptionsFillWhatTheEnvironmentLacks) {
+  LaunchOptions options = Options(1, 2);
+  options.node_rank = 1;
+  options.main_address = "10.1.2.3";
+  options.main_port = 4100;
+  auto launcher = Launcher::Launch(options, MapEnv({}));
+  ASSERT_TRUE(launcher.ok()) << launcher.status();
+  const ClusterEnvironment& c = (*launcher)->cluster();
+  EXPECT_EQ(c.rank, 1);
+  EXPECT_EQ(c.node_rank, 1);
+  EXPECT_EQ(c.world_size, 2);
+  EXPECT_EQ(c.master_addr, "10.1.2.3");
+  EXPECT_EQ(c.master_port, 4100);
+  // The same values in the environment too: fine.
+  launcher = Launcher::Launch(options, MapEnv({{"NODE_RANK", "1"}, {"MASTER_ADDR", "10.1.2.3"},
+                                               {"MASTER_PORT", "4100"}}));
+  ASSERT_TRUE(launcher.ok()) << launcher.status();
+}
+
+TEST(Launcher, OptionsThatDisagreeWithTheEnvironmentAreNamed) {
+  struct Case {
+    absl::flat_hash_map<std::string, std::string> env;
+    std::string mentions;
+  };
+  const Case cases[] = {
+      {{{"NODE_RANK", "0"}}, "--node_rank=1 but environment variable NODE_RANK=0"},
+      {{{"GROUP_RANK", "0"}}, "--node_rank=1 but environment variable GROUP_RANK=0"},
+      {{{"MASTER_ADDR", "10.9.9.9"}},
+       "--main_address=10.1.2.3 but environment variable MASTER_ADDR=10.9.9.9"},
+      {{{"MASTER_PORT", "4200"}}, "--main_port=4100 but environment variable MASTER_PORT=4200"},
+      // Joined (torchrun): every option is checked against the job.
+      {{{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_WORLD_SIZE", "1"}, {"GROUP_RANK", "0"},
+        {"MASTER_ADDR", "10.1.2.3"}, {"MASTER_PORT", "4100"}},
+       "--node_rank=1 but the torchrun environment has 0 (GROUP_RANK)"},
+      {{{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_WORLD_SIZE", "1"}, {"GROUP_RANK", "1"},
+        {"MASTER_ADDR", "10.1.2.4"}, {"MASTER_PORT", "4100"}},
+       "--main_address=10.1.2.3 but the torchrun environment has 10.1.2.4"},
+      {{{"RANK", "1"}, {"WORLD_SIZE", "3"}, {"LOCAL_WORLD_SIZE", "1"}, {"GROUP_RANK", "1"},
+        {"MASTER_ADDR", "10.1.2.3"}, {"MASTER_PORT", "4100"}},
+       "--num_nodes=2 but the torchrun environment has 3"},
+      {{{"SLURM_PROCID", "1"}, {"SLURM_LOCALID", "0"}, {"SLURM_NTASKS", "2"},
+        {"SLURM_NNODES", "2"}, {"SLURM_NODEID", "1"}, {"SLURM_JOB_NODELIST", "n[1-2]"},
+        {"MASTER_PORT", "4100"}},
+       "--main_address=10.1.2.3 but the slurm environment has n1"},
+  };
+  for (const Case& test : cases) {
+    LaunchOptions options = Options(1, 2);
+    options.node_rank = 1;
+    options.main_address = "10.1.2.3";
+    options.main_port = 4100;
+    options.option_prefix = "--";
+    auto launcher = Launcher::Launch(options, MapEnv(test.env));
+    ASSERT_FALSE(launcher.ok()) << test.mentions;
+    EXPECT_NE(launcher.status().message().find(test.mentions), std::string::npos)
+        << launcher.status() << "\nshould mention: " << test.mentions;
+  }
+}
+
+TEST(Launcher, JoinDerivesDevicesAndNodesFromTheEnvironment) {
+  // torchrun --nnodes=3 --nproc-per-node=2 (any layout): devices = 0 and
+  // num_nodes = 0 take it.
+  auto launcher = Launcher::Launch(
+      Options(0, 0), MapEnv({{"RANK", "3"}, {"WORLD_SIZE", "6"}, {"LOCAL_WORLD_SIZE", "2"},
+                             {"LOCAL_RANK", "1"}, {"GROUP_RANK", "1"}, {"MASTER_PORT", "4000"}}));
+  ASSERT_TRUE(launcher.ok()) << launcher.status();
+  EXPECT_EQ((*launcher)->cluster().local_world_size, 2);
+  EXPECT_EQ((*launcher)->cluster().num_nodes, 3);
+  EXPECT_EQ((*launcher)->cluster().node_rank, 1);
+}
+
+TEST(Launcher, MultiNodeNeedsAddressAndPort) {
+  LaunchOptions options = Options(1, 2);
+  options.node_rank = 0;
+  auto launcher = Launcher::Launch(options, MapEnv({{"MASTER_PORT", "5"}}));
+  ASSERT_FALSE(launcher.ok());
+  EXPECT_NE(launcher.status().message().find("main_address (or environment variable MASTER_ADDR)"),
+            std::string::npos)
+      << launcher.status();
+  launcher = Launcher::Launch(options, MapEnv({{"MASTER_ADDR", "h"}}));
+  ASSERT_FALSE(launcher.ok());
+  EXPECT_NE(launcher.status().message().find("main_port (or environment variable MASTER_PORT)"),
+            std::string::npos)
+      << launcher.status();
+  options.node_rank = 2;
+  launcher = Launcher::Launch(options, MapEnv({{"MASTER_ADDR", "h"}, {"MASTER_PORT", "5"}}));
+  ASSERT_FALSE(launcher.ok());
+  EXPECT_NE(launcher.status().message().find("out of range"), std::string::npos)
+      << launcher.status();
+}
+
+TEST(Launcher, WatchChildrenReportsAFailureAtOnceAndFinishStillReaps) {
+  LaunchOptions options = Options(3);
+  options.extra_env = {{kRole, "exit_if_rank_2"}};
+  auto launcher = Launcher::Launch(options, MapEnv({}));
+  ASSERT_TRUE(launcher.ok()) << launcher.status();
+  std::mutex mu;
+  std::vector<std::string> failures;
+  (*launcher)->WatchChildren([&](const std::string& failure) {
+    std::lock_guard<std::mutex> lock(mu);
+    failures.push_back(failure);
+  });
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!failures.empty() || absl::Now() > deadline) break;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const std::vector<pid_t> pids = (*launcher)->child_pids();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ASSERT_EQ(failures.size(), 1u);
+    EXPECT_EQ(failures[0],
+              absl::StrCat("rank 2 (local rank 2, pid ", pids[1], ") exited with status 3"));
+  }
+  absl::Status finished = (*launcher)->Finish(absl::Seconds(20));
+  EXPECT_FALSE(finished.ok());
+  EXPECT_NE(finished.message().find("rank 2"), std::string::npos) << finished;
+  (*launcher)->StopWatching();
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(failures.size(), 1u) << "rank 1 exited with 0: not a failure";
 }
 
 TEST(Launcher, ChildrenGetTorchrunEnvironment) {

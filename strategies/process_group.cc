@@ -1,6 +1,13 @@
 #include "strategies/process_group.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -9,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -95,6 +103,36 @@ bool IsLoopback(const std::string& host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
 }
 
+// The address this machine uses to reach `host` (the route's source): Gloo
+// binds it, so that peers on other nodes can connect back whatever the
+// hostname resolves to. Empty when it cannot tell.
+std::string LocalAddressFor(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return "";
+  std::string local;
+  for (addrinfo* a = found; a != nullptr && local.empty(); a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, 0);
+    if (fd < 0) continue;
+    sockaddr_storage me{};
+    socklen_t len = sizeof(me);
+    // UDP connect sends nothing: it only picks the route.
+    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&me), &len) == 0) {
+      char text[INET6_ADDRSTRLEN] = {};
+      const void* raw = me.ss_family == AF_INET
+                            ? static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&me)->sin_addr)
+                            : static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&me)->sin6_addr);
+      if (inet_ntop(me.ss_family, raw, text, sizeof(text)) != nullptr) local = text;
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return local;
+}
+
 struct Arrival {
   int64_t seq = -1;
   std::string what;
@@ -128,6 +166,53 @@ struct DistributedContext::Impl {
   int64_t seq = 0;
   absl::Status broken;  // First failed collective: the group is unusable.
 
+  // The watch thread's own store connection (heartbeats, failure reports).
+  c10::intrusive_ptr<c10d::Store> watch_store;
+  std::mutex watch_mu;  // watch_store
+  std::thread watch_thread;
+  std::atomic<bool> stop_watch{false};
+  mutable std::mutex failure_mu;
+  std::string peer_failure;  // First failure reported or seen; guarded by failure_mu.
+
+  std::string BeatKey(int rank) const { return absl::StrCat("beat/", rank); }
+  std::string AckKey(int rank) const { return absl::StrCat("ack/", rank); }
+
+  void RecordFailure(const std::string& failure) {
+    std::lock_guard<std::mutex> lock(failure_mu);
+    if (peer_failure.empty()) peer_failure = failure;
+  }
+  std::string Failure() const {
+    std::lock_guard<std::mutex> lock(failure_mu);
+    return peer_failure;
+  }
+
+  // The failure any launcher reported to the store, or "".
+  std::string ReportedFailure() {
+    try {
+      std::lock_guard<std::mutex> lock(watch_mu);
+      if (!watch_store || !watch_store->check({"failed"})) return "";
+      std::vector<uint8_t> raw = watch_store->get("failed");
+      return std::string(raw.begin(), raw.end());
+    } catch (const std::exception&) {
+      return "";
+    }
+  }
+
+  // Every rank's heartbeat count; -1 where unreadable.
+  std::vector<int64_t> ReadBeats() {
+    std::vector<int64_t> beats(cluster.world_size, -1);
+    try {
+      std::lock_guard<std::mutex> lock(watch_mu);
+      for (int r = 0; r < cluster.world_size && watch_store; ++r) {
+        beats[r] = watch_store->add(BeatKey(r), 0);
+      }
+    } catch (const std::exception&) {
+    }
+    return beats;
+  }
+
+  void Watch();
+
   std::string StoreAddress() const {
     return absl::StrCat(cluster.master_addr, ":", cluster.master_port);
   }
@@ -156,34 +241,49 @@ struct DistributedContext::Impl {
     return out;
   }
 
-  // Turns a failed collective into an error that names the missing ranks.
+  // Turns a failed collective into an error that names the rank at fault:
+  // the one a launcher reported (ReportFailure), else those whose heartbeat
+  // stopped, else those that had not started the collective.
   absl::Status Diagnose(int64_t my_seq, const std::string& what, const std::string& error) {
     const bool timed_out = error.find("imed out") != std::string::npos ||
                            error.find("imeout") != std::string::npos;
     std::string store_error;
     std::vector<int> behind;
     std::vector<std::optional<Arrival>> progress;
-    // Peers that saw the failure a bit later may still be catching up.
-    const absl::Time settle =
-        absl::Now() + (timed_out ? absl::ZeroDuration() : options.diagnosis_grace);
+    const std::vector<int64_t> beats_before = ReadBeats();
+    // Peers that saw the failure a bit later may still be catching up, and a
+    // dead rank's launcher needs a moment to report it; stopped heartbeats
+    // take a few intervals to show.
+    const absl::Duration window =
+        timed_out ? absl::ZeroDuration()
+                  : std::max(options.diagnosis_grace, 4 * options.heartbeat_interval);
+    const absl::Time settle = absl::Now() + window;
+    std::string reported;
     do {
       store_error.clear();
+      reported = ReportedFailure();
+      if (reported.empty()) reported = Failure();
       progress = ReadProgress(&store_error);
       behind.clear();
       for (int r = 0; r < cluster.world_size; ++r) {
         if (r == cluster.rank) continue;
         if (!progress[r].has_value() || progress[r]->seq < my_seq) behind.push_back(r);
       }
-      if (behind.empty() || !store_error.empty() || absl::Now() >= settle) break;
+      if (!reported.empty() || !store_error.empty() || absl::Now() >= settle) break;
       absl::SleepFor(absl::Milliseconds(50));
     } while (true);
+    std::vector<int> stopped;
+    if (reported.empty() && store_error.empty() && !timed_out) {
+      const std::vector<int64_t> beats_after = ReadBeats();
+      for (int r = 0; r < cluster.world_size; ++r) {
+        if (r != cluster.rank && beats_after[r] >= 0 && beats_after[r] == beats_before[r]) {
+          stopped.push_back(r);
+        }
+      }
+    }
 
-    std::string where;
-    if (!store_error.empty()) {
-      where = absl::StrCat(" (cannot read the ranks' progress from the TCPStore at ",
-                           StoreAddress(), " hosted by rank 0, which has probably exited: ",
-                           store_error, ")");
-    } else if (!behind.empty()) {
+    std::string waiting;
+    if (!behind.empty()) {
       std::vector<std::string> names;
       for (int r : behind) {
         if (progress[r].has_value()) {
@@ -193,7 +293,22 @@ struct DistributedContext::Impl {
           names.push_back(absl::StrCat("rank ", r, " (never seen)"));
         }
       }
-      where = absl::StrCat(" waiting for ", absl::StrJoin(names, ", "));
+      waiting = absl::StrCat("waiting for ", absl::StrJoin(names, ", "));
+    }
+    std::string where;
+    if (!store_error.empty()) {
+      where = absl::StrCat(" (cannot read the ranks' progress from the TCPStore at ",
+                           StoreAddress(), " hosted by rank 0, which has probably exited: ",
+                           store_error, ")");
+    } else if (!reported.empty() || !stopped.empty()) {
+      where = !reported.empty()
+                  ? absl::StrCat(" because ", reported)
+                  : absl::StrCat(" because rank(s) ", DescribeRanks(cluster, stopped),
+                                 " stopped: no heartbeat for ", absl::FormatDuration(window),
+                                 " (the process died, or its node is unreachable)");
+      if (!waiting.empty()) absl::StrAppend(&where, "; ", waiting);
+    } else if (!waiting.empty()) {
+      where = " " + waiting;
     } else {
       where = " (every rank had started it: a peer's connection was lost)";
     }
@@ -313,26 +428,120 @@ absl::Status PendingCollective::Wait() {
   return s.status;
 }
 
+void DistributedContext::Impl::Watch() {
+  const std::string beat = BeatKey(cluster.rank);
+  absl::Time exit_at = absl::InfiniteFuture();
+  while (!stop_watch.load()) {
+    std::string failure;
+    bool closing = false;
+    try {
+      std::lock_guard<std::mutex> lock(watch_mu);
+      watch_store->add(beat, 1);
+      closing = watch_store->check({"closing"});
+      if (!closing && watch_store->check({"failed"})) {
+        std::vector<uint8_t> raw = watch_store->get("failed");
+        failure.assign(raw.begin(), raw.end());
+      }
+    } catch (const std::exception& e) {
+      failure = absl::StrCat("the TCPStore at ", StoreAddress(),
+                             " hosted by rank 0 is gone (rank 0 exited, or its node is "
+                             "unreachable): ", ExceptionMessage(e));
+    }
+    if (closing) {
+      // Rank 0 is finishing normally: say we saw it, so it can close the store.
+      try {
+        std::lock_guard<std::mutex> lock(watch_mu);
+        watch_store->set(AckKey(cluster.rank), std::vector<uint8_t>{'1'});
+      } catch (const std::exception&) {
+      }
+      return;
+    }
+    if (failure.empty()) failure = Failure();  // This rank's own failed collective.
+    if (!failure.empty()) {
+      RecordFailure(failure);
+      if (options.exit_on_peer_failure) {
+        if (exit_at == absl::InfiniteFuture()) {
+          exit_at = absl::Now() + options.failure_exit_grace;
+        } else if (absl::Now() >= exit_at) {
+          std::fprintf(stderr, "fabric: rank %d: ending this process: %s\n", cluster.rank,
+                       Failure().c_str());
+          std::fflush(stderr);
+          _exit(1);
+        }
+      }
+    }
+    const absl::Time wake = absl::Now() + options.heartbeat_interval;
+    while (!stop_watch.load() && absl::Now() < wake) absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
 DistributedContext::DistributedContext(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 DistributedContext::~DistributedContext() {
-  // The backend talks through the store: end it first. NCCL wants an
-  // explicit shutdown (abort after a failure, which must not block).
-  if (impl_) {
-    if (impl_->backend) {
-      try {
-        if (impl_->broken.ok()) {
-          impl_->backend->shutdown();
-        } else {
-          impl_->backend->abort();
-        }
-      } catch (const std::exception&) {
+  if (!impl_) return;
+  Impl& impl = *impl_;
+  const bool clean = impl.broken.ok() && impl.Failure().empty();
+  if (clean || !impl.options.exit_on_peer_failure) {
+    impl.stop_watch = true;
+    if (impl.watch_thread.joinable()) impl.watch_thread.join();
+  } else {
+    // A failed run: the backend's shutdown below may block on a dead peer;
+    // the watch thread still ends the process in that case.
+    impl.RecordFailure(impl.broken.ok() ? impl.Failure() : std::string(impl.broken.message()));
+  }
+  // Rank 0 hosts the store: before closing it, let every rank's watch thread
+  // see that this is the normal end (not a dead rank 0), briefly.
+  try {
+    if (impl.watch_store && clean) {
+      std::lock_guard<std::mutex> lock(impl.watch_mu);
+      if (impl.cluster.rank == 0 && !impl.cluster.external_store) {
+        impl.watch_store->set("closing", std::vector<uint8_t>{'1'});
+        std::vector<std::string> acks;
+        for (int r = 1; r < impl.cluster.world_size; ++r) acks.push_back(impl.AckKey(r));
+        if (!acks.empty()) impl.watch_store->wait(acks, std::chrono::seconds(3));
+      } else {
+        impl.watch_store->set(impl.AckKey(impl.cluster.rank), std::vector<uint8_t>{'1'});
       }
     }
-    impl_->backend.reset();
-    impl_->fabric_store.reset();
-    impl_->store.reset();
+  } catch (const std::exception&) {
   }
+  // The backend talks through the store: end it first. NCCL wants an
+  // explicit shutdown (abort after a failure, which must not block).
+  if (impl.backend) {
+    try {
+      if (impl.broken.ok()) {
+        impl.backend->shutdown();
+      } else {
+        impl.backend->abort();
+      }
+    } catch (const std::exception&) {
+    }
+  }
+  impl.backend.reset();
+  impl.stop_watch = true;
+  if (impl.watch_thread.joinable()) impl.watch_thread.join();
+  impl.watch_store.reset();
+  impl.fabric_store.reset();
+  impl.store.reset();
+}
+
+void DistributedContext::ReportFailure(const std::string& failure) {
+  Impl& impl = *impl_;
+  impl.RecordFailure(failure);
+  try {
+    std::lock_guard<std::mutex> lock(impl.watch_mu);
+    if (!impl.watch_store) return;
+    // First report wins: it is the cause, later ones are its consequences.
+    if (impl.watch_store->add("failed_count", 1) == 1) {
+      impl.watch_store->set("failed", std::vector<uint8_t>(failure.begin(), failure.end()));
+    }
+  } catch (const std::exception&) {
+  }
+}
+
+std::string DistributedContext::PeerFailure() const {
+  std::string reported = impl_->ReportedFailure();
+  return reported.empty() ? impl_->Failure() : reported;
 }
 
 const ClusterEnvironment& DistributedContext::cluster() const { return impl_->cluster; }
@@ -354,6 +563,12 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
   if (options.timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("DistributedOptions.timeout must be positive");
   }
+  if (options.rendezvous_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("DistributedOptions.rendezvous_timeout must not be negative");
+  }
+  const absl::Duration rendezvous_timeout = options.rendezvous_timeout > absl::ZeroDuration()
+                                                ? options.rendezvous_timeout
+                                                : options.timeout;
   auto impl = std::make_unique<Impl>();
   impl->cluster = cluster;
   impl->options = options;
@@ -379,21 +594,39 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
   // until the timeout while rank 0 is not up yet).
   c10d::TCPStoreOptions store_options;
   store_options.port = static_cast<uint16_t>(cluster.master_port);
-  store_options.isServer = cluster.rank == 0;
+  // Under torchrun's agent store every rank is a client.
+  const bool host = cluster.rank == 0 && !cluster.external_store;
+  store_options.isServer = host;
   store_options.numWorkers = cluster.world_size;
   store_options.waitWorkers = false;  // We wait below, naming who is missing.
-  store_options.timeout = ToChrono(options.timeout);
+  store_options.timeout = ToChrono(rendezvous_timeout);
+  const std::string prefix = absl::StrCat("fabric/", cluster.restart_count);
   try {
     impl->store = c10::make_intrusive<c10d::TCPStore>(cluster.master_addr, store_options);
+    impl->store->setTimeout(ToChrono(options.timeout));
+    c10d::TCPStoreOptions watch_options = store_options;
+    watch_options.isServer = false;
+    watch_options.timeout = ToChrono(std::max(absl::Seconds(5), 10 * options.heartbeat_interval));
+    impl->watch_store = c10::make_intrusive<c10d::PrefixStore>(
+        prefix, c10::make_intrusive<c10d::TCPStore>(cluster.master_addr, watch_options));
   } catch (const std::exception& e) {
+    std::string missing;
+    if (!host && !cluster.external_store) {
+      missing = absl::StrCat(": rank 0 (node 0",
+                             cluster.local_world_size > 1 && cluster.num_nodes > 1
+                                 ? absl::StrCat(", ranks 0..", cluster.local_world_size - 1)
+                                 : std::string(),
+                             ") has not started the rendezvous");
+    }
     return absl::UnavailableError(absl::StrCat(
         who,
-        cluster.rank == 0 ? absl::StrCat("cannot host the TCPStore on ", address)
-                          : absl::StrCat("cannot connect to the TCPStore of rank 0 at ", address,
-                                         " within ", absl::FormatDuration(options.timeout)),
-        ": ", ExceptionMessage(e)));
+        host ? absl::StrCat("cannot host the TCPStore on ", address)
+             : absl::StrCat("cannot connect to the TCPStore ",
+                            cluster.external_store ? "of torchrun's agent" : "of rank 0", " at ",
+                            address, " within ", absl::FormatDuration(rendezvous_timeout), missing),
+        " (", ExceptionMessage(e), ")"));
   }
-  impl->fabric_store = c10::make_intrusive<c10d::PrefixStore>("fabric", impl->store);
+  impl->fabric_store = c10::make_intrusive<c10d::PrefixStore>(prefix, impl->store);
 
   std::vector<std::string> keys;
   for (int r = 0; r < cluster.world_size; ++r) keys.push_back(impl->ProgressKey(r));
@@ -401,13 +634,13 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
     std::string record = "0 rendezvous";
     impl->fabric_store->set(impl->ProgressKey(cluster.rank),
                             std::vector<uint8_t>(record.begin(), record.end()));
-    impl->fabric_store->wait(keys, ToChrono(options.timeout));
+    impl->fabric_store->wait(keys, ToChrono(rendezvous_timeout));
   } catch (const std::exception& e) {
-    std::vector<std::string> missing;
+    std::vector<int> missing;
     std::string store_error;
     try {
       for (int r = 0; r < cluster.world_size; ++r) {
-        if (!impl->fabric_store->check({keys[r]})) missing.push_back(absl::StrCat(r));
+        if (!impl->fabric_store->check({keys[r]})) missing.push_back(r);
       }
     } catch (const std::exception& check_error) {
       store_error = absl::StrCat("; cannot ask the TCPStore of rank 0 who is missing: ",
@@ -416,11 +649,17 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
     // Keep the store up a little while the other ranks find out who is
     // missing: their timeouts end about when ours did.
     if (cluster.rank == 0) absl::SleepFor(std::max(options.diagnosis_grace, absl::Seconds(1)));
+    std::string nodes;
+    if (!missing.empty() && cluster.num_nodes > 1) {
+      const std::string named = DescribeRanks(cluster, missing);
+      nodes = named.substr(absl::StrJoin(missing, ", ").size());
+    }
     return absl::DeadlineExceededError(absl::StrCat(
-        who, "rendezvous at ", address, " failed after ", absl::FormatDuration(options.timeout),
+        who, "rendezvous at ", address, " failed after ", absl::FormatDuration(rendezvous_timeout),
         missing.empty() ? std::string()
                         : absl::StrCat(": rank(s) ", absl::StrJoin(missing, ", "),
-                                       " of world_size ", cluster.world_size, " never joined"),
+                                       " of world_size ", cluster.world_size, " never joined",
+                                       nodes),
         " (", ExceptionMessage(e), store_error, ")"));
   }
 
@@ -437,7 +676,9 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
       auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
       nccl_options->timeout = ToChrono(options.timeout);
       impl->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(
-          c10::make_intrusive<c10d::PrefixStore>("nccl", impl->store), cluster.rank,
+          c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("nccl/", cluster.restart_count),
+                                                 impl->store),
+          cluster.rank,
           cluster.world_size, nccl_options);
 #endif
     } else {
@@ -450,12 +691,19 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
       } else if (IsLoopback(cluster.master_addr)) {
         gloo_options->devices.push_back(
             c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      } else if (const std::string local = LocalAddressFor(cluster.master_addr, cluster.master_port);
+                 !local.empty() && !IsLoopback(local)) {
+        // The interface that reaches node 0 (the hostname may resolve to
+        // another one, or to nothing, inside containers and namespaces).
+        gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(local));
       } else {
         gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
       }
       gloo_options->threads = std::max(1, options.gloo_threads);
       impl->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
-          c10::make_intrusive<c10d::PrefixStore>("gloo", impl->store), cluster.rank,
+          c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("gloo/", cluster.restart_count),
+                                                 impl->store),
+          cluster.rank,
           cluster.world_size, gloo_options);
     }
   } catch (const std::exception& e) {
@@ -463,6 +711,8 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
                                                " process group (world_size ",
                                                cluster.world_size, "): ", ExceptionMessage(e)));
   }
+  Impl* watched = impl.get();
+  impl->watch_thread = std::thread([watched] { watched->Watch(); });
   return std::shared_ptr<DistributedContext>(new DistributedContext(std::move(impl)));
 }
 

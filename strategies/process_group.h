@@ -32,10 +32,22 @@ struct DistributedOptions {
   absl::Duration timeout = absl::Minutes(30);
   // Threads of the Gloo process group.
   int gloo_threads = 2;
+  // Bound on the rendezvous alone (every rank reaching the TCPStore): a node
+  // that never arrives is named after this long. Zero: `timeout`.
+  absl::Duration rendezvous_timeout = absl::ZeroDuration();
   // After a failure that is not a timeout (a peer's connection dropped), how
   // long to let the other ranks' progress settle before naming the missing
   // rank (the survivors may see the error at slightly different times).
   absl::Duration diagnosis_grace = absl::Milliseconds(500);
+  // Every rank's watch thread bumps its heartbeat in the store this often and
+  // looks for a failure reported by any node's launcher (ReportFailure).
+  absl::Duration heartbeat_interval = absl::Milliseconds(200);
+  // When another rank is reported failed (or rank 0's store is gone) and
+  // this process has not ended by itself `failure_exit_grace` later, print
+  // why and end it (exit status 1), so that no rank of any node outlives a
+  // dead one for long. Off here (callers see the errors); Fabric turns it on.
+  bool exit_on_peer_failure = false;
+  absl::Duration failure_exit_grace = absl::Seconds(3);
 };
 
 class DistributedContext;
@@ -125,6 +137,14 @@ class DistributedContext {
   // others; when rank 0 fails, the others do not run and all return its error
   // (as ShareStatus does).
   absl::Status RankZeroFirst(const std::function<absl::Status()>& fn);
+
+  // Tells every rank that `failure` ended the job ("rank 3 (node 1, ...)
+  // was killed by signal 9"): the first report wins; errors of later
+  // collectives name it. Thread-safe (a launcher's watch thread calls it).
+  void ReportFailure(const std::string& failure);
+  // The failure reported by ReportFailure on any rank, or seen by this
+  // rank's watch thread; empty when none.
+  std::string PeerFailure() const;
 
   // Internal.
   struct Impl;

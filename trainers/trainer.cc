@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/time/time.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -34,6 +35,7 @@
 #include "checkpoint/file_io.h"
 #include "checkpoint/value.h"
 #include "fabric/fabric.h"
+#include "strategies/cluster_environment.h"
 #include "strategies/fsdp.h"
 #include "strategies/process_group.h"
 #include "strategies/strategy.h"
@@ -283,6 +285,11 @@ bool FileExists(const std::string& path) {
 
 }  // namespace
 
+bool LaunchedExternally() {
+  absl::StatusOr<strategies::ClusterEnvironment> c = strategies::DetectClusterEnvironment();
+  return c.ok() && !c->needs_launch();
+}
+
 std::string DefaultDataDir() {
   const char* ws = std::getenv("BUILD_WORKSPACE_DIRECTORY");
   const std::string base = ws != nullptr && *ws != '\0' ? std::string(ws) : std::string(".");
@@ -298,8 +305,12 @@ absl::StatusOr<TrainerOptions> ResolveTrainerOptions(TrainerOptions o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--strategy: '", o.strategy, "' is not one of single_device, ddp, fsdp"));
   }
-  if (o.devices < 1) return absl::InvalidArgumentError("--devices: must be at least 1");
-  if (o.strategy == "single_device" && o.devices != 1) {
+  if (o.devices < 0) return absl::InvalidArgumentError("--devices: must be at least 1");
+  if (o.num_nodes < 0) return absl::InvalidArgumentError("--num_nodes: must be at least 1");
+  if (!(o.rendezvous_timeout_s > 0)) {
+    return absl::InvalidArgumentError("--rendezvous_timeout: must be positive (seconds)");
+  }
+  if (o.strategy == "single_device" && (o.devices > 1 || o.num_nodes > 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--devices=", o.devices, ": the single_device strategy runs one process "
         "(use //trainers:ddp_train or //trainers:fsdp_train for more)"));
@@ -348,6 +359,12 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   FabricOptions fo;
   fo.accelerator = o.accelerator;
   fo.devices = o.devices;
+  fo.num_nodes = o.num_nodes;
+  fo.node_rank = o.node_rank;
+  fo.main_address = o.main_address;
+  fo.main_port = o.main_port;
+  fo.rendezvous_timeout = absl::Seconds(o.rendezvous_timeout_s);
+  fo.option_prefix = "--";
   fo.strategy = o.strategy;
   fo.precision = o.precision;
   fo.state_dict_type = o.state_dict_type;
@@ -359,13 +376,13 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   FABRIC_RETURN_IF_ERROR(fabric.Launch());
   const int rank = fabric.global_rank(), world = fabric.world_size();
   const c10::Device device = fabric.device();
-  if (o.devices > 1) {
-    // The ranks share this machine's cores (as torchrun's OMP_NUM_THREADS).
-    const int cores = static_cast<int>(std::thread::hardware_concurrency());
-    at::set_num_threads(std::max(1, cores / o.devices));
-  }
   FABRIC_ASSIGN_OR_RETURN(strategies::Strategy * strategy, fabric.strategy());
   DistributedContext* context = strategy->context();  // null for one process
+  if (const int local = context ? context->cluster().local_world_size : 1; local > 1) {
+    // The ranks share this machine's cores (as torchrun's OMP_NUM_THREADS).
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    at::set_num_threads(std::max(1, cores / local));
+  }
 
   // --- Data.
   std::string split_name = o.split;
@@ -430,6 +447,8 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   if (rank == 0) fs::create_directories(o.checkpoint_dir, ec);
   if (rank == 0) fs::create_directories(o.out_dir, ec);
   FABRIC_RETURN_IF_ERROR(fabric.Barrier());
+  // Several nodes must share the checkpoint folder: refuse before training.
+  FABRIC_RETURN_IF_ERROR(fabric.CheckSharedFolder(o.checkpoint_dir));
   std::string last_checkpoint;
   if (o.resume) {
     FABRIC_ASSIGN_OR_RETURN(const std::optional<CheckpointEntry> latest,

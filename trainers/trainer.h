@@ -26,8 +26,16 @@ struct TrainerOptions {
   // Fabric: "cpu", "cuda"/"gpu" or "auto"; processes; "single_device", "ddp"
   // or "fsdp"; "32-true", "bf16-mixed" or "bf16-true".
   std::string accelerator = "auto";
-  int devices = 1;
+  int devices = 1;  // per node; 0: from the torchrun/srun environment
   std::string strategy = "single_device";
+  // Several machines (FabricOptions): nodes (0: from the environment), this
+  // node's rank (-1: $NODE_RANK), node 0's address and port (empty / 0:
+  // $MASTER_ADDR / $MASTER_PORT), and how long to wait for every node.
+  int num_nodes = 1;
+  int node_rank = -1;
+  std::string main_address;
+  int main_port = 0;
+  double rendezvous_timeout_s = 300;
   std::string precision = "32-true";
 
   // Model and data.
@@ -72,6 +80,11 @@ absl::StatusOr<TrainerOptions> ResolveTrainerOptions(TrainerOptions options);
 // Runs the training on this process's rank (launching the others first when
 // devices > 1: they re-run this program's main() with the same arguments).
 absl::Status RunTrainer(const TrainerOptions& options);
+
+// True when torchrun or srun started this process (RANK, or SLURM_PROCID
+// outside an interactive allocation): unset --devices / --num_nodes then
+// come from that environment.
+bool LaunchedExternally();
 
 // The default WikiText-2 folder: <workspace>/../shared/data/wikitext-2 when
 // it exists (the workspace from BUILD_WORKSPACE_DIRECTORY under bazel run,

@@ -13,6 +13,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "trainers/trainer.h"
 
 #ifndef TRAINER_KIND
@@ -34,11 +35,34 @@ constexpr char kStrategy[] = "single_device";
 constexpr int kDevices = 1;
 #endif
 const fabric::trainers::TrainerOptions kDefaults;
+
+// Whether the command line sets --name (or -name), in either form.
+bool Given(int argc, char** argv, absl::string_view name) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "--")) absl::ConsumePrefix(&arg, "-");
+    if (arg == name || absl::StartsWith(arg, absl::StrCat(name, "="))) return true;
+  }
+  return false;
+}
 }  // namespace
 
 ABSL_FLAG(std::string, accelerator, kDefaults.accelerator,
           "cpu, cuda (gpu) or auto (cuda when available)");
-ABSL_FLAG(int, devices, kDevices, "processes (one per device) on this machine");
+ABSL_FLAG(int, devices, kDevices,
+          "processes (one per device) on this machine; under torchrun or srun, unset takes "
+          "LOCAL_WORLD_SIZE / the tasks per node");
+ABSL_FLAG(int, num_nodes, 1,
+          "machines; under torchrun or srun, unset takes the environment's node count");
+ABSL_FLAG(int, node_rank, -1, "this machine's rank, 0..num_nodes-1 (-1: $NODE_RANK)");
+ABSL_FLAG(std::string, main_address, "",
+          "address of node 0, which hosts the rendezvous (empty: $MASTER_ADDR, else 127.0.0.1 "
+          "on one node)");
+ABSL_FLAG(int, main_port, 0,
+          "rendezvous port on node 0 (0: $MASTER_PORT, else a free port on one node)");
+ABSL_FLAG(double, rendezvous_timeout, kDefaults.rendezvous_timeout_s,
+          "seconds to wait for every node to join before naming the missing ranks");
 ABSL_FLAG(std::string, strategy, kStrategy, "single_device, ddp or fsdp");
 ABSL_FLAG(std::string, precision, kDefaults.precision, "32-true, bf16-mixed or bf16-true");
 ABSL_FLAG(std::string, preset, kDefaults.preset,
@@ -96,6 +120,16 @@ int main(int argc, char** argv) {
   o.name = kName;
   o.accelerator = absl::GetFlag(FLAGS_accelerator);
   o.devices = absl::GetFlag(FLAGS_devices);
+  o.num_nodes = absl::GetFlag(FLAGS_num_nodes);
+  // Unset under torchrun or srun: the environment says how many (0).
+  if (fabric::trainers::LaunchedExternally()) {
+    if (!Given(argc, argv, "devices")) o.devices = 0;
+    if (!Given(argc, argv, "num_nodes")) o.num_nodes = 0;
+  }
+  o.node_rank = absl::GetFlag(FLAGS_node_rank);
+  o.main_address = absl::GetFlag(FLAGS_main_address);
+  o.main_port = absl::GetFlag(FLAGS_main_port);
+  o.rendezvous_timeout_s = absl::GetFlag(FLAGS_rendezvous_timeout);
   o.strategy = absl::GetFlag(FLAGS_strategy);
   o.precision = absl::GetFlag(FLAGS_precision);
   o.preset = absl::GetFlag(FLAGS_preset);

@@ -39,10 +39,14 @@ std::string ResultPath(const ClusterEnvironment& c, int rank) {
   return TempPath(absl::StrCat("result_", c.master_port, "_rank", rank));
 }
 
-absl::StatusOr<std::shared_ptr<DistributedContext>> Connect(const ClusterEnvironment& c,
-                                                            absl::Duration timeout) {
+// `rendezvous`: how long the ranks may take to start (a loaded machine takes
+// seconds to start a LibTorch program), apart from the collectives' timeout.
+absl::StatusOr<std::shared_ptr<DistributedContext>> Connect(
+    const ClusterEnvironment& c, absl::Duration timeout,
+    absl::Duration rendezvous = absl::Seconds(30)) {
   DistributedOptions options;
   options.timeout = timeout;
+  options.rendezvous_timeout = rendezvous;
   return DistributedContext::Create(c, options);
 }
 
@@ -100,7 +104,8 @@ absl::Status RunScenario(const std::string& scenario, const ClusterEnvironment& 
       return absl::InternalError("not terminated");
     }
     const absl::Time start = absl::Now();
-    absl::StatusOr<std::shared_ptr<DistributedContext>> ctx = Connect(c, absl::Seconds(2));
+    absl::StatusOr<std::shared_ptr<DistributedContext>> ctx =
+        Connect(c, absl::Seconds(2), absl::Seconds(8));
     std::cerr << "rank " << c.rank << " rendezvous: " << ctx.status() << "\n";
     if (ctx.ok()) return absl::InternalError("rendezvous without the last rank succeeded");
     if (ctx.status().message().find(absl::StrCat("rank(s) ", c.world_size - 1, " of world_size ",
@@ -109,7 +114,7 @@ absl::Status RunScenario(const std::string& scenario, const ClusterEnvironment& 
       return absl::InternalError("rendezvous error does not name the rank: " +
                                  ctx.status().ToString());
     }
-    if (absl::Now() - start > absl::Seconds(8)) return absl::InternalError("rendezvous took too long");
+    if (absl::Now() - start > absl::Seconds(20)) return absl::InternalError("rendezvous took too long");
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError("unknown scenario " + scenario);

@@ -78,6 +78,7 @@ absl::Status RunRole(const std::string& role) {
   const strategies::ClusterEnvironment& c = (*launcher)->cluster();
   strategies::DistributedOptions dist;
   dist.timeout = absl::Seconds(role == "collectives" ? 30 : 3);
+  dist.rendezvous_timeout = absl::Seconds(30);  // starting the ranks may take seconds here
   absl::StatusOr<std::shared_ptr<strategies::DistributedContext>> ctx =
       strategies::DistributedContext::Create(c, dist);
   if (!ctx.ok()) return ctx.status();
