@@ -44,7 +44,7 @@ TEST(Fabric, RejectsBadOptionsNamingTheOption) {
   ASSERT_FALSE(f.ok());
   EXPECT_NE(f.status().message().find("accelerator"), std::string::npos);
   o = FabricOptions();
-  o.devices = 0;
+  o.devices = -1;  // 0 means "from the launcher's environment" (multi-node launches)
   f = Fabric::Create(o);
   ASSERT_FALSE(f.ok());
   EXPECT_NE(f.status().message().find("devices"), std::string::npos);
