@@ -369,7 +369,7 @@ TEST(FsdpCheckpoint, DamagedFoldersGiveErrorsNamingFileAndKey) {
   ASSERT_TRUE(saved.ok()) << saved;
   const std::string good = Sharded(2);
 
-  auto load_into_plain = [&](const std::string& path, bool strict, Net* net) {
+  auto load_into_plain = [&](const std::string& path, bool strict, const std::shared_ptr<Net>& net) {
     auto opt_ptr = std::make_shared<torch::optim::AdamW>(
         net->parameters(), torch::optim::AdamWOptions(0.5));
     State state{{"model", net}, {"optimizer", opt_ptr}, {"step", 0}, {"extra", Value()}};
@@ -387,7 +387,7 @@ TEST(FsdpCheckpoint, DamagedFoldersGiveErrorsNamingFileAndKey) {
   {  // A missing rank file.
     const std::string d = copy("missing");
     fs::remove(d + "/__1_0.distcp");
-    absl::Status s = load_into_plain(d, true, MakeNet(1).get());
+    absl::Status s = load_into_plain(d, true, MakeNet(1));
     EXPECT_FALSE(s.ok());
     EXPECT_NE(std::string(s.message()).find("__1_0.distcp"), std::string::npos) << s;
     const std::string m(s.message());
@@ -398,14 +398,14 @@ TEST(FsdpCheckpoint, DamagedFoldersGiveErrorsNamingFileAndKey) {
     const std::string d = copy("truncated");
     const auto size = fs::file_size(d + "/__1_0.distcp");
     fs::resize_file(d + "/__1_0.distcp", size / 2);
-    absl::Status s = load_into_plain(d, true, MakeNet(1).get());
+    absl::Status s = load_into_plain(d, true, MakeNet(1));
     EXPECT_FALSE(s.ok());
     EXPECT_NE(std::string(s.message()).find("__1_0.distcp"), std::string::npos) << s;
   }
   {  // No .metadata: an incomplete checkpoint.
     const std::string d = copy("incomplete");
     fs::remove(d + "/.metadata");
-    absl::Status s = load_into_plain(d, true, MakeNet(1).get());
+    absl::Status s = load_into_plain(d, true, MakeNet(1));
     EXPECT_NE(std::string(s.message()).find("incomplete"), std::string::npos) << s;
   }
   {  // A model with other parameters: every missing and unexpected key listed.
@@ -445,7 +445,7 @@ TEST(FsdpCheckpoint, DamagedFoldersGiveErrorsNamingFileAndKey) {
     const std::string f = dir + "/truncated.pt";
     fs::copy_file(Full(2), f, fs::copy_options::overwrite_existing);
     fs::resize_file(f, fs::file_size(f) - 100);
-    absl::Status s = load_into_plain(f, true, MakeNet(1).get());
+    absl::Status s = load_into_plain(f, true, MakeNet(1));
     EXPECT_FALSE(s.ok());
     EXPECT_NE(std::string(s.message()).find("truncated.pt"), std::string::npos) << s;
   }
