@@ -1,3 +1,6 @@
+// Over 900 lines for now: the multi-node work (issue 15) added the heartbeat and
+// failure-post watch thread beside the collectives. It is the next split:
+// the watch thread and rendezvous diagnosis into their own file.
 #include "strategies/process_group.h"
 
 #include <arpa/inet.h>
