@@ -17,16 +17,18 @@ summary() { grep -o '[0-9.]* s/step' "$1" | head -1; }
 
 # 1 x 4: one launcher starts four local ranks.
 "$TRAIN" --devices=4 "${FLAGS[@]}" --out_dir="$WORK/one" > "$WORK/one.log" 2>&1
-# 2 x 2: one launcher per node, rendezvous on node 0's address.
+# 2 x 2: one launcher per node, rendezvous on node 0's address; both nodes
+# share the output folder, as a multi-node run must (docs/trainers.md).
 P=$(port)
 for n in 0 1; do
   "$TRAIN" --devices=2 --num_nodes=2 --node_rank=$n --main_address=127.0.0.1 --main_port="$P" \
-    "${FLAGS[@]}" --out_dir="$WORK/two$n" > "$WORK/two$n.log" 2>&1 &
+    "${FLAGS[@]}" --out_dir="$WORK/two" > "$WORK/two$n.log" 2>&1 &
 done
 wait
 echo "step time, FSDP, preset $PRESET, $STEPS steps (first excluded), $(nproc) cores:"
 echo "  1 node  x 4 ranks: $(summary "$WORK/one.log")"
 echo "  2 nodes x 2 ranks: $(summary "$WORK/two0.log")"
+[ -n "$(summary "$WORK/two0.log")" ] || { echo "the 2 x 2 run failed:"; tail -n 3 "$WORK/two0.log"; exit 1; }
 
 # Missing node: node 0 alone.
 P=$(port); T0=$(now)
@@ -40,10 +42,16 @@ grep -o 'rank(s) [0-9, ]* of world_size [0-9]* never joined[^(]*([^)]*)' "$WORK/
 P=$(port)
 for n in 0 1; do
   "$TRAIN" --devices=2 --num_nodes=2 --node_rank=$n --main_address=127.0.0.1 --main_port="$P" \
-    "${FLAGS[@]}" --steps=100000 --log_every=1 --out_dir="$WORK/dead$n" > "$WORK/dead$n.log" 2>&1 &
+    "${FLAGS[@]}" --steps=100000 --log_every=1 --out_dir="$WORK/dead" > "$WORK/dead$n.log" 2>&1 &
   PIDS[$n]=$!
 done
-until grep -q 'step 3/' "$WORK/dead0.log"; do sleep 0.05; done
+for ((i = 0; i < 6000; i++)); do
+  grep -q 'step 3/' "$WORK/dead0.log" && break
+  if ! kill -0 "${PIDS[0]}" 2>/dev/null; then
+    echo "the dead-rank run ended before step 3:"; tail -n 3 "$WORK/dead0.log"; exit 1
+  fi
+  sleep 0.05
+done
 VICTIM=$(cat /proc/${PIDS[1]}/task/${PIDS[1]}/children | awk '{print $1}')
 T0=$(now); kill -9 "$VICTIM"
 wait "${PIDS[0]}" || true; wait "${PIDS[1]}" || true

@@ -1,6 +1,8 @@
 """Python reference for tools/safetensors_benchmark.cc. Prints one JSON line.
 
   load FILE                 safetensors.torch.load_file(FILE), page cache dropped first
+  load_into FILE            the same, then copied into existing tensors of the same shapes
+                            (what module.load_state_dict does with it), timed together
   export DCP_FOLDER OUT MAX the Python way to export a sharded checkpoint's model to a
                             Hugging Face folder: torch DCP loads the state dict (no
                             process group), then the model entry is split at MAX bytes
@@ -28,11 +30,18 @@ def peak_mib():
 def main():
     from safetensors.torch import load_file, save_file
 
-    if sys.argv[1] == "load":
+    if sys.argv[1] in ("load", "load_into"):
         path = sys.argv[2]
+        into = None
+        if sys.argv[1] == "load_into":
+            into = {k: torch.zeros_like(v) for k, v in load_file(path).items()}
         drop_cache(path)
         t0 = time.perf_counter()
         sd = load_file(path)
+        if into is not None:
+            with torch.no_grad():
+                for k, v in sd.items():
+                    into[k].copy_(v)
         s = time.perf_counter() - t0
         n = sum(t.numel() * t.element_size() for t in sd.values())
         print(json.dumps({"seconds": s, "bytes": n, "peak_mib": peak_mib()}))
