@@ -51,17 +51,22 @@ std::string RetiredPrefix(const std::string& path) {
   return absl::StrCat(DirName(path), "/.", BaseName(path), ".retired.");
 }
 
-// Retired names left by processes that died before freeing them.
-void UnlinkStaleRetired(const std::string& path) {
-  const std::string prefix = absl::StrCat(".", BaseName(path), ".retired.");
+// Retired names and temp files left by processes that died (a crash or a
+// kill mid-save) beside the file just committed: unlinked once their pid is
+// gone, so repeated kills do not fill the disk with partial files.
+void UnlinkStaleRemains(const std::string& path) {
+  const std::string prefixes[] = {absl::StrCat(".", BaseName(path), ".retired."),
+                                  absl::StrCat(".", BaseName(path), ".tmp.")};
   DIR* dir = opendir(DirName(path).c_str());
   if (dir == nullptr) return;
   while (dirent* e = readdir(dir)) {
     const std::string name = e->d_name;
-    if (name.compare(0, prefix.size(), prefix) != 0) continue;
-    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
-    if (pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
-      UnlinkInBackground(absl::StrCat(DirName(path), "/", name));
+    for (const std::string& prefix : prefixes) {
+      if (name.compare(0, prefix.size(), prefix) != 0) continue;
+      const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+      if (pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+        UnlinkInBackground(absl::StrCat(DirName(path), "/", name));
+      }
     }
   }
   closedir(dir);
@@ -428,10 +433,8 @@ absl::Status AtomicFileWriter::Impl::Commit() {
   finished_ = true;
   // The new file is in place; only its directory entry may not be durable yet.
   absl::Status synced = FsyncDirectory(DirName(path_));
-  if (!retired.empty()) {
-    UnlinkInBackground(std::move(retired));
-    UnlinkStaleRetired(path_);
-  }
+  if (!retired.empty()) UnlinkInBackground(std::move(retired));
+  UnlinkStaleRemains(path_);
   return synced;
 }
 

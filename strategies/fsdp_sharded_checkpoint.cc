@@ -1,6 +1,5 @@
 #include "strategies/fsdp_sharded_checkpoint.h"
 
-#include <unistd.h>
 
 #include <map>
 #include <memory>
@@ -22,8 +21,10 @@
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/dcp_writer.h"
+#include "checkpoint/fs_util.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/optimizer_state.h"
+#include "checkpoint/remove_checkpoint.h"
 #include "checkpoint/torch_save.h"
 #include "strategies/fsdp_checkpoint_internal.h"
 
@@ -128,15 +129,24 @@ absl::Status FsdpSaveSharded(const std::string& dir, const State& state,
                              const FsdpCheckpointOptions& options) {
   const std::vector<Entry> entries = ResolveEntries(state, wrapper_of);
   const int rank = RankOf(ctx), world = WorldOf(ctx);
+  // Over an existing checkpoint (file or folder) the new one is written
+  // beside it and swapped in once committed, so the old one stays loadable
+  // until then. Rank 0 picks the folder; every rank writes there.
+  std::string target = dir;
   absl::Status prep;
   if (rank == 0) {
-    if (StatCheckpoint(dir).is_single_file() && ::unlink(dir.c_str()) != 0) {
-      prep = absl::FailedPreconditionError(
-          absl::StrCat("cannot replace the file ", dir, " by a checkpoint folder"));
+    const std::string name = StripTrailingSlashes(dir);
+    if (StatCheckpoint(name).exists_as_checkpoint()) {
+      target = absl::StrCat(DirName(name), "/", SavingName(BaseName(name)));
     }
-    if (prep.ok()) prep = dcp::PrepareCheckpointDir(dir);
+    prep = dcp::PrepareCheckpointDir(target);
   }
   FABRIC_RETURN_IF_ERROR(ShareStatus(ctx, prep));
+  if (world > 1) {
+    FABRIC_ASSIGN_OR_RETURN(const std::vector<std::string> names,
+                            AllGatherBytes(ctx, rank == 0 ? target : std::string()));
+    target = names[0];
+  }
 
   absl::StatusOr<std::vector<dcp::WriteResult>> results;
   {
@@ -144,7 +154,7 @@ absl::Status FsdpSaveSharded(const std::string& dir, const State& state,
     if (items.ok()) {
       dcp::WriteOptions wo;
       wo.direct_io = options.direct_io;
-      results = dcp::WriteRankFile(dir, rank, *items, wo);
+      results = dcp::WriteRankFile(target, rank, *items, wo);
     } else {
       results = items.status();
     }
@@ -157,7 +167,14 @@ absl::Status FsdpSaveSharded(const std::string& dir, const State& state,
   } else {
     payload = absl::StrCat("E", "rank ", rank, ": ", results.status().ToString());
   }
-  FABRIC_ASSIGN_OR_RETURN(std::vector<std::string> all, AllGatherBytes(ctx, payload));
+  absl::StatusOr<std::vector<std::string>> gathered = AllGatherBytes(ctx, payload);
+  if (!gathered.ok()) {
+    // A rank died or the group broke: rank 0 drops the temp folder (a dead
+    // rank's file half written in it is no longer being written).
+    if (rank == 0 && target != dir) RemoveCheckpoint(target).IgnoreError();
+    return gathered.status();
+  }
+  std::vector<std::string> all = *std::move(gathered);
 
   absl::Status commit;
   if (rank == 0) {
@@ -183,13 +200,21 @@ absl::Status FsdpSaveSharded(const std::string& dir, const State& state,
     if (commit.ok()) {
       TorchSaveOptions so;
       so.direct_io = options.direct_io;
-      commit = TorchSave(LightningMetaPath(dir), Value(MetaDict(entries, options)), so);
+      commit = TorchSave(LightningMetaPath(target), Value(MetaDict(entries, options)), so);
     }
     if (commit.ok()) {
       absl::StatusOr<dcp::Metadata> md = dcp::BuildMetadata(by_rank, dcp::NewStorageMeta(dir));
-      commit = md.ok() ? dcp::WriteMetadata(dir, *md) : md.status();
+      commit = md.ok() ? dcp::WriteMetadata(target, *md) : md.status();
     }
-    if (commit.ok()) commit = dcp::RemoveStaleRankFiles(dir, world);
+    if (commit.ok()) commit = dcp::RemoveStaleRankFiles(target, world);
+    if (target != dir) {
+      if (commit.ok()) {
+        commit = ReplaceCheckpoint(target, StripTrailingSlashes(dir));
+      } else {
+        // Every rank is done writing; the old checkpoint stays as it was.
+        RemoveCheckpoint(target).IgnoreError();
+      }
+    }
   }
   return ShareStatus(ctx, commit);
 }

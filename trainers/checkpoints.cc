@@ -9,8 +9,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/match.h"
 #include "checkpoint/checkpoint_kind.h"
+#include "checkpoint/remove_checkpoint.h"
 #include "base/status_macros.h"
 
 namespace fabric::trainers {
@@ -82,14 +82,12 @@ absl::StatusOr<std::vector<std::string>> PruneCheckpoints(const std::string& dir
       remove = newest_complete >= 0 && it->step < newest_complete;
     }
     if (!remove) continue;
-    std::error_code ec;
-    fs::remove_all(it->path, ec);
-    if (ec) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot remove old checkpoint ", it->path, ": ", ec.message()));
-    }
+    FABRIC_RETURN_IF_ERROR(RemoveCheckpoint(it->path));
     removed.push_back(it->path);
   }
+  // Remains of removals a crash interrupted: already no checkpoint, now gone.
+  FABRIC_ASSIGN_OR_RETURN(const std::vector<std::string> remains, CleanDeletingRemains(dir));
+  removed.insert(removed.end(), remains.begin(), remains.end());
   return removed;
 }
 

@@ -29,7 +29,8 @@ struct CheckpointEntry {
   bool complete = false;      // a regular file, or a folder with .metadata
 };
 
-// The versioned checkpoints in `dir`, oldest step first. A missing `dir` is
+// The versioned checkpoints in `dir`, oldest step first. Only CheckpointName
+// names count: temp files and ".<name>.deleting.*" remains never do. A missing `dir` is
 // an empty list; an unreadable one an error naming it.
 absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(const std::string& dir);
 
@@ -38,7 +39,10 @@ absl::StatusOr<std::optional<CheckpointEntry>> LatestCheckpoint(const std::strin
 
 // Keeps the `keep` newest complete checkpoints (keep <= 0: keep all) and
 // removes the older ones, plus incomplete ones older than the newest complete
-// checkpoint (leftovers of an interrupted save). Call it only after a save
+// checkpoint (leftovers of an interrupted save), each with RemoveCheckpoint
+// (renamed out of the listing first, so a crash mid-delete never leaves a
+// `.metadata` without its shards), and the remains of interrupted removals
+// (checkpoint/remove_checkpoint.h). Call it only after a save
 // has been committed, so a crash never leaves fewer than `keep` good ones.
 // Returns the paths it removed.
 absl::StatusOr<std::vector<std::string>> PruneCheckpoints(const std::string& dir, int keep);

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include "checkpoint/remove_checkpoint.h"
+
 namespace fabric::trainers {
 namespace {
 namespace fs = std::filesystem;
@@ -71,6 +73,29 @@ TEST(Checkpoints, PruneKeepsNewestCompleteAndInProgress) {
   auto none = PruneCheckpoints(dir, 0);
   ASSERT_TRUE(none.ok());
   EXPECT_TRUE(none->empty());
+}
+
+TEST(Checkpoints, InterruptedRemovalIsNeverListedAndIsCleaned) {
+  // What a crash in the middle of RemoveCheckpoint leaves: the folder under
+  // its deleting name, `.metadata` still in it, a shard already gone.
+  const std::string dir = FreshDir("deleting");
+  const fs::path remain = fs::path(dir) / DeletingName(CheckpointName(1));
+  fs::create_directories(remain);
+  Touch(remain / ".metadata");
+  Touch(fs::path(dir) / DeletingName(CheckpointName(2)));
+  Touch(fs::path(dir) / CheckpointName(3));
+  auto all = ListCheckpoints(dir);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].step, 3);
+  auto removed = PruneCheckpoints(dir, 2);
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_EQ(removed->size(), 2u);
+  EXPECT_FALSE(fs::exists(remain));
+  EXPECT_TRUE(fs::exists(fs::path(dir) / CheckpointName(3)));
+  int left = 0;
+  for (const auto& e : fs::directory_iterator(dir)) (void)e, ++left;
+  EXPECT_EQ(left, 1);
 }
 
 TEST(Checkpoints, PathBytesCountsFolders) {

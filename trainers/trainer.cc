@@ -33,6 +33,7 @@
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
 #include "checkpoint/file_io.h"
+#include "checkpoint/remove_checkpoint.h"
 #include "checkpoint/value.h"
 #include "fabric/fabric.h"
 #include "strategies/cluster_environment.h"
@@ -513,8 +514,12 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   int saves = 0;
   auto save = [&](int64_t at_step) -> absl::Status {
     const std::string path = (fs::path(o.checkpoint_dir) / CheckpointName(at_step)).string();
-    // A leftover of an interrupted save under the same name goes first.
-    if (rank == 0 && FileExists(path)) fs::remove_all(path, ec);
+    // A leftover of an interrupted save under the same name goes first,
+    // renamed out of the listing before its contents are deleted.
+    // Every rank learns rank 0's verdict: no rank waits on a save that failed.
+    absl::Status cleared = rank == 0 ? RemoveCheckpoint(path) : absl::OkStatus();
+    if (context != nullptr && world > 1) cleared = context->ShareStatus(cleared);
+    FABRIC_RETURN_IF_ERROR(cleared);
     FABRIC_RETURN_IF_ERROR(fabric.Barrier());
     Dict values;
     values.Set("step", at_step);

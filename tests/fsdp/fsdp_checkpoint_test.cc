@@ -240,7 +240,8 @@ absl::Status LoadPhase(const strategies::ClusterEnvironment& c) {
   return ctx->Barrier();
 }
 
-// Saves A, then B with rank 1 killed before the commit.
+// Saves A, then A again over the same path with rank 1 killed before the
+// commit: the old A stays complete and loadable.
 absl::Status InterruptPhase(const strategies::ClusterEnvironment& c) {
   ASSIGN_OR_RETURN_STATUS(ctx, MakeContext(c, /*timeout_s=*/20));
   const int rank = ctx->rank(), world = ctx->world_size();
@@ -253,27 +254,33 @@ absl::Status InterruptPhase(const strategies::ClusterEnvironment& c) {
   torch::optim::AdamW& opt = *opt_ptr;
   CHECK_OK(TrainStep(*net, fsdp.get(), opt, 0, rank, world));
   State state{{"model", fsdp->module_ptr()}, {"optimizer", opt_ptr}, {"step", 1}};
-  const std::string a = Dir() + "/interrupt_a", b = Dir() + "/interrupt_b";
+  const std::string a = Dir() + "/interrupt_a";
   CHECK_OK(strategies::FsdpSaveCheckpoint(a, state, WrapperLookup({fsdp.get()}), ctx.get()));
   CHECK_OK(TrainStep(*net, fsdp.get(), opt, 1, rank, world));
+  State next{{"model", fsdp->module_ptr()}, {"optimizer", opt_ptr}, {"step", 2}};
   FsdpCheckpointOptions options;
-  options.before_commit = [rank] {
+  options.before_commit = [rank, &a] {
     if (rank == 1) _exit(7);  // dies after writing its shard, before the commit
+    // Every shard of the new save is written: the old one is still whole.
+    if (!fs::exists(a + "/.metadata") || !fs::exists(a + "/__1_0.distcp")) _exit(8);
   };
-  absl::Status saved = strategies::FsdpSaveCheckpoint(b, state, WrapperLookup({fsdp.get()}), ctx.get(), options);
+  absl::Status saved =
+      strategies::FsdpSaveCheckpoint(a, next, WrapperLookup({fsdp.get()}), ctx.get(), options);
   CHECK_OK(Check(!saved.ok(), "the save with a killed rank reported success"));
   std::cerr << "interrupted save failed as expected: " << saved << "\n";
-  CHECK_OK(Check(!fs::exists(b + "/.metadata"), "the interrupted folder has a .metadata"));
+  CHECK_OK(Check(fs::exists(a + "/.metadata"), "the failed save over A removed A's .metadata"));
+  // What it wrote beside A (a hidden temp folder) is gone.
+  for (const fs::directory_entry& e : fs::directory_iterator(Dir())) {
+    const std::string name = e.path().filename().string();
+    CHECK_OK(Check(name == "interrupt_a", "leftover of the failed save: " + name));
+  }
 
-  // The interrupted folder is refused, the earlier one loads (here into a
-  // plain module: the process group died with rank 1).
+  // A loads with its old contents (here into a plain module: the process
+  // group died with rank 1).
   std::shared_ptr<Net> plain = MakeNet(10);
   auto popt_ptr = std::make_shared<torch::optim::AdamW>(
       plain->parameters(), torch::optim::AdamWOptions(0.5));
   State load{{"model", plain}, {"optimizer", popt_ptr}, {"step", 0}};
-  absl::StatusOr<Dict> refused = strategies::FsdpLoadCheckpoint(b, load, nullptr);
-  CHECK_OK(Check(!refused.ok() && refused.status().message().find("incomplete") != std::string::npos,
-                 "interrupted folder: " + refused.status().ToString()));
   absl::StatusOr<Dict> loaded = strategies::FsdpLoadCheckpoint(a, load, nullptr);
   CHECK_OK(loaded.status());
   CHECK_OK(Check(FindValue(load, "step")->as_int() == 1, "step of the earlier checkpoint"));
