@@ -649,9 +649,27 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
       store_error = absl::StrCat("; cannot ask the TCPStore of rank 0 who is missing: ",
                                  ExceptionMessage(check_error));
     }
-    // Keep the store up a little while the other ranks find out who is
-    // missing: their timeouts end about when ours did.
-    if (cluster.rank == 0) absl::SleepFor(std::max(options.diagnosis_grace, absl::Seconds(1)));
+    // Rank 0 hosts the store: it stays up until every rank that did arrive
+    // has asked who is missing (their timeouts end up to a few seconds after
+    // ours, by how much later they started), at most 5 s.
+    try {
+      if (cluster.rank == 0) {
+        std::vector<std::string> asked;
+        for (int r = 1; r < cluster.world_size; ++r) {
+          if (std::find(missing.begin(), missing.end(), r) == missing.end()) {
+            asked.push_back(absl::StrCat("diagnosed/", r));
+          }
+        }
+        if (!asked.empty()) {
+          impl->fabric_store->wait(asked, ToChrono(std::max(options.diagnosis_grace,
+                                                            absl::Seconds(5))));
+        }
+      } else if (store_error.empty()) {
+        impl->fabric_store->set(absl::StrCat("diagnosed/", cluster.rank), {1});
+      }
+    } catch (const std::exception&) {
+      // A rank that never asks (it died) ends the wait at its timeout.
+    }
     std::string nodes;
     if (!missing.empty() && cluster.num_nodes > 1) {
       const std::string named = DescribeRanks(cluster, missing);

@@ -1,6 +1,12 @@
 #include "strategies/shared_folder.h"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -12,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -30,7 +37,7 @@ absl::StatusOr<std::string> RandomToken() {
   if (!urandom.read(raw, sizeof(raw))) {
     return absl::InternalError("cannot read /dev/urandom for the shared-folder token");
   }
-  return absl::BytesToHexString(absl::string_view(raw, sizeof(raw)));
+  return absl::StrCat(getpid(), "-", absl::BytesToHexString(absl::string_view(raw, sizeof(raw))));
 }
 
 std::string ReadUpTo(const std::string& path, int64_t limit) {
@@ -70,6 +77,21 @@ std::string Fingerprint(const std::string& path) {
   return absl::StrCat(path, ": ", kind, ", ", size, " bytes, digest ", absl::Hex(digest));
 }
 
+// Tokens are named ".fabric-shared-<pid>-<hex>": a process killed between
+// writing its token and removing it leaves one, which the next check by a
+// process of this host removes once that pid is gone.
+void RemoveStaleTokens(const std::string& dir) {
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!absl::StartsWith(name, kTokenPrefix)) continue;
+    const long pid = std::strtol(name.c_str() + std::strlen(kTokenPrefix), nullptr, 10);
+    if (pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+      fs::remove(e.path(), ec);
+    }
+  }
+}
+
 }  // namespace
 
 absl::Status CheckSharedFolder(DistributedContext& ctx, const std::string& dir,
@@ -79,6 +101,7 @@ absl::Status CheckSharedFolder(DistributedContext& ctx, const std::string& dir,
   if (ctx.is_rank_zero()) {
     std::error_code ec;
     fs::create_directories(dir, ec);
+    RemoveStaleTokens(dir);
     absl::StatusOr<std::string> t = RandomToken();
     if (ec) {
       rank_zero_error = absl::StrCat("cannot create the folder ", dir, ": ", ec.message());

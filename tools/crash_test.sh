@@ -17,7 +17,10 @@
 # step-*.ckpt file, or folder with .metadata) passes `fabric verify`; the next
 # run resumes from the newest; the consolidated file, when present, is
 # the same as a reference when torch.load reads both; nothing but recognizable temps
-# (.*.tmp.*, .*.saving.*, .*.deleting.*, .*.retired.*) is left.
+# (.*.tmp.*, .*.saving.*, .*.deleting.*, .*.retired.*, and the shared-folder
+# probe .fabric-shared-<pid>-*) is left, and those do not pile up.
+# KINDS (environment, default "file ddp sharded rotation consolidate") picks
+# kinds to run.
 set -u
 TRAIN=$(realpath "$1"); FABRIC=$(realpath "$2"); SAVER=$(realpath "$3")
 PYTHON=$(realpath "$4"); SAME=$(realpath "$5"); KILLS=${6:-5}
@@ -43,7 +46,7 @@ check_folder() {
           during_save=$((during_save + 1))
         fi ;;
       .*.deleting.*) during_rotation=$((during_rotation + 1)) ;;
-      .*.saving.*|.*.tmp.*|.*.retired.*) during_save=$((during_save + 1)) ;;
+      .*.saving.*|.*.tmp.*|.*.retired.*|.fabric-shared-*) during_save=$((during_save + 1)) ;;
       *) note_fail "unrecognized leftover $p" ;;
     esac
   done
@@ -90,7 +93,7 @@ same_path_kind() {
       [ -e "$p" ] || continue
       case "$(basename "$p")" in
         "$name") ;;
-        .*.tmp.*|.*.saving.*|.*.retired.*) during_save=$((during_save + 1)) ;;
+        .*.tmp.*|.*.saving.*|.*.retired.*|.fabric-shared-*) during_save=$((during_save + 1)) ;;
         .*.deleting.*) during_rotation=$((during_rotation + 1)) ;;
         *) note_fail "$kind: unrecognized leftover $p" ;;
       esac
@@ -103,11 +106,15 @@ same_path_kind() {
   left=$(find "$dir" -mindepth 1 -maxdepth 1 -name '.*' | wc -l)
   [ "$left" -le 2 ] || note_fail "$kind: $left temp remains piled up after $KILLS kills"
   eval "kills_$kind=$((kills - before))"
+  echo "$kind: $((kills - before)) kills, failures so far $fail"
 }
 same_path_checked=0; saved_mid=0
-same_path_kind file state.pt --strategy=single_device --devices=1
-same_path_kind ddp state.pt --strategy=ddp --devices=2
-same_path_kind sharded state.ckpt --strategy=fsdp --devices=2 --state_dict_type=sharded
+KINDS=" ${KINDS:-file ddp sharded rotation consolidate} "
+kills_file=0; kills_ddp=0; kills_sharded=0
+runs() { [[ "$KINDS" == *" $1 "* ]]; }
+runs file && same_path_kind file state.pt --strategy=single_device --devices=1
+runs ddp && same_path_kind ddp state.pt --strategy=ddp --devices=2
+runs sharded && same_path_kind sharded state.ckpt --strategy=fsdp --devices=2 --state_dict_type=sharded
 same_kills=$kills
 
 # --- rotation
@@ -119,7 +126,8 @@ else
   DATA=${DATA_DIR:-/work/shared/data/wikitext-2}
   [ -d "$DATA" ] && TRAIN_ARGS+=(--data_dir="$DATA")
 fi
-for ((i = 0; i < KILLS; i++)); do
+ROT_KILLS=0; runs rotation && ROT_KILLS=$KILLS
+for ((i = 0; i < ROT_KILLS; i++)); do
   run_killed "$(rand_delay 2 8)" "$TRAIN" "${TRAIN_ARGS[@]}"
   if grep -q "resumed from" "$WORK/out.log"; then resumed=$((resumed + 1)); fi
   if [ -d "$CK" ] && ls "$CK"/step-*.ckpt >/dev/null 2>&1 && [ "$i" -gt 0 ] &&
@@ -129,10 +137,12 @@ for ((i = 0; i < KILLS; i++)); do
   [ -d "$CK" ] && check_folder "$CK"
 done
 rot_kills=$((kills - same_kills))
+runs rotation && echo "rotation: $rot_kills kills, failures so far $fail"
 
-# --- consolidate over the same output path
-SRC=$(ls -d "$CK"/step-*.ckpt 2>/dev/null | while read -r p; do [ -f "$p/.metadata" ] && echo "$p"; done | tail -1)
-if [ -z "$SRC" ]; then
+# --- consolidate over the same output path (of rotation's newest checkpoint)
+if ! runs consolidate; then
+  :
+elif ! SRC=$(ls -d "$CK"/step-*.ckpt 2>/dev/null | while read -r p; do [ -f "$p/.metadata" ] && echo "$p"; done | tail -1) || [ -z "$SRC" ]; then
   note_fail "no complete sharded checkpoint to consolidate"
 else
   cp -r "$SRC" "$WORK/src.ckpt"
