@@ -62,5 +62,26 @@ TEST(Crc32Test, IncrementalEqualsOneShot) {
             one_shot);
 }
 
+TEST(Crc32Test, CombineEqualsOneShotAndZlib) {
+  std::mt19937_64 rng(11);
+  std::vector<unsigned char> buf(1 << 20);
+  for (auto& b : buf) b = static_cast<unsigned char>(rng());
+  const uint32_t whole = Crc32(0, buf.data(), buf.size());
+  for (size_t split : {size_t{0}, size_t{1}, size_t{4095}, size_t{1} << 19, buf.size() - 1,
+                       buf.size()}) {
+    const uint32_t a = Crc32(0, buf.data(), split);
+    const uint32_t b = Crc32(0, buf.data() + split, buf.size() - split);
+    EXPECT_EQ(Crc32Combine(a, b, buf.size() - split), whole) << "split " << split;
+    EXPECT_EQ(Crc32Combine(a, b, buf.size() - split),
+              static_cast<uint32_t>(crc32_combine(a, b, static_cast<z_off_t>(buf.size() - split))));
+  }
+  // Three pieces, combined left to right.
+  const uint32_t c = Crc32Combine(Crc32Combine(Crc32(0, buf.data(), 100),
+                                               Crc32(0, buf.data() + 100, 900), 900),
+                                  Crc32(0, buf.data() + 1000, buf.size() - 1000),
+                                  buf.size() - 1000);
+  EXPECT_EQ(c, whole);
+}
+
 }  // namespace
 }  // namespace fabric

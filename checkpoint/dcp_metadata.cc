@@ -16,6 +16,7 @@ namespace {
 
 constexpr char kMetadataModule[] = "torch.distributed.checkpoint.metadata";
 constexpr char kFilesystemModule[] = "torch.distributed.checkpoint.filesystem";
+constexpr char kItemCrcAttribute[] = "fabric_crc32";  // see StorageInfo::item_crc32
 
 // Whether a box of `sizes` elements of `item` bytes stays below 2^63 bytes, as
 // torch requires, so that element and byte counts never overflow int64.
@@ -148,6 +149,7 @@ Value StorageInfoToValue(const StorageInfo& info) {
                              info.transform_descriptors->end());
     Append(state, "transform_descriptors", Value::List(std::move(items)));
   }
+  if (info.item_crc32) Append(state, kItemCrcAttribute, static_cast<int64_t>(*info.item_crc32));
   return Dataclass(kFilesystemModule, "_StorageInfo", std::move(state));
 }
 
@@ -426,6 +428,12 @@ class Parser {
         descs.push_back(x.as_string());
       }
       info.transform_descriptors = std::move(descs);
+    }
+    if (const Value* c = d->Find(kItemCrcAttribute); c && !c->is_none()) {
+      if (!c->is_int() || c->as_int() < 0 || c->as_int() > 0xffffffffLL) {
+        return Error(where, absl::StrCat(kItemCrcAttribute, " is not a 32-bit unsigned int"));
+      }
+      info.item_crc32 = static_cast<uint32_t>(c->as_int());
     }
     return info;
   }

@@ -103,10 +103,15 @@ struct StorageInfo {
   // Stream transforms (experimental in torch); absent when none, in which
   // case the field is left out of the pickle as torch does.
   std::optional<std::vector<std::string>> transform_descriptors;
+  // Ours, not PyTorch's: the CRC-32 of all `length` bytes of the item (its
+  // whole torch.save archive: headers, data, directory), pickled as the extra
+  // attribute `fabric_crc32`, which Python's unpickler sets and DCP ignores.
+  // Loads check it; folders written by Python have none.
+  std::optional<uint32_t> item_crc32;
 
   bool operator==(const StorageInfo& o) const {
     return relative_path == o.relative_path && offset == o.offset && length == o.length &&
-           transform_descriptors == o.transform_descriptors;
+           transform_descriptors == o.transform_descriptors && item_crc32 == o.item_crc32;
   }
 };
 

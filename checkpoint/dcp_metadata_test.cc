@@ -75,13 +75,13 @@ Metadata SampleMetadata() {
                                std::string("0"), std::string("step")}});
   md.planner_data->push_back({"epoch", {std::string("epoch")}});
   md.storage_data = {
-      {{"epoch", std::nullopt, std::nullopt}, {"__0_0.distcp", 0, 1261, std::nullopt}},
-      {{"model.w", std::vector<int64_t>{0, 0}, 0}, {"__0_0.distcp", 1261, 1577, std::nullopt}},
-      {{"model.w", std::vector<int64_t>{0, 3}, 1}, {"__1_0.distcp", 0, 1577, std::nullopt}},
+      {{"epoch", std::nullopt, std::nullopt}, {"__0_0.distcp", 0, 1261, std::nullopt, std::nullopt}},
+      {{"model.w", std::vector<int64_t>{0, 0}, 0}, {"__0_0.distcp", 1261, 1577, std::nullopt, std::nullopt}},
+      {{"model.w", std::vector<int64_t>{0, 3}, 1}, {"__1_0.distcp", 0, 1577, std::nullopt, std::nullopt}},
       {{"model.b", std::vector<int64_t>{0}, 0},
-       {"__0_0.distcp", 2838, 1500, std::vector<std::string>{"zstd"}}},
+       {"__0_0.distcp", 2838, 1500, std::vector<std::string>{"zstd"}, std::nullopt}},
       {{"optimizer.state.0.step", std::vector<int64_t>{}, 0},
-       {"__0_0.distcp", 4338, 1400, std::nullopt}},
+       {"__0_0.distcp", 4338, 1400, std::nullopt, std::nullopt}},
   };
   StorageMeta meta;
   meta.checkpoint_id = "/tmp/some/ckpt";

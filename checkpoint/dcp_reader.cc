@@ -10,7 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "checkpoint/crc32.h"
+#include "checkpoint/dcp_metadata_check.h"
 #include "checkpoint/torch_save.h"
+#include "checkpoint/zip_format.h"
 #include "checkpoint/zip_reader.h"
 
 namespace fabric::dcp {
@@ -122,7 +125,17 @@ absl::Status CheckpointReader::Index() {
     }
     storage_[StorageKey(index.fqn, index.offset ? &*index.offset : nullptr)] = i;
   }
-  return absl::OkStatus();
+  // The metadata against itself and the sizes of the shard files there are.
+  FABRIC_ASSIGN_OR_RETURN(std::vector<MetadataItem> items, CheckMetadata(metadata_, what));
+  std::map<std::string, uint64_t> sizes;
+  for (const auto& [index, info] : metadata_.storage_data) {
+    if (sizes.count(info.relative_path)) continue;
+    struct stat st;
+    if (::stat(JoinPath(dir_, info.relative_path).c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      sizes[info.relative_path] = static_cast<uint64_t>(st.st_size);
+    }
+  }
+  return CheckItemRanges(items, sizes, dir_);
 }
 
 std::vector<KeyInfo> CheckpointReader::Keys() const {
@@ -220,7 +233,7 @@ absl::StatusOr<std::shared_ptr<const CheckpointReader::Chunk>> CheckpointReader:
         chunk->file->size(), " bytes"));
   }
   absl::StatusOr<std::unique_ptr<TorchFile>> archive =
-      TorchFile::Open(chunk->file, si.offset, si.length);
+      TorchFile::Open(chunk->file, si.offset, si.length, LoadOptions(si));
   if (!archive.ok()) return FileError(si, fqn, archive.status());
   chunk->archive = *std::move(archive);
   const Value& root = chunk->archive->root();
@@ -268,7 +281,20 @@ absl::Status CheckpointReader::ReadOverlap(const std::string& fqn, const Chunk& 
     for (int64_t d = 0; d < nd; ++d) t = t.narrow(d, src_lo[d], ext[d]);
     return t;
   };
-  if (!ref.is_contiguous() || chunk.entry->compression != 0) {
+  if (options_.verify_checksums) {
+    // A record is checked as a whole: read straight into dst when the overlap
+    // is the whole chunk and dst holds it as is, else the chunk into a
+    // temporary (checked) and the overlap copied out.
+    bool whole = true;
+    for (int64_t d = 0; d < nd; ++d) whole = whole && src_lo[d] == 0 && ext[d] == ref.sizes[d];
+    if (whole) {
+      if (absl::Status s = chunk.archive->ReadInto(ref, view); !s.ok()) {
+        return FileError(*chunk.info, fqn, s);
+      }
+      return absl::OkStatus();
+    }
+  }
+  if (!ref.is_contiguous() || chunk.entry->compression != 0 || options_.verify_checksums) {
     // Python may save a chunk with other strides: read it whole.
     absl::StatusOr<at::Tensor> t = chunk.archive->ReadTensor(ref, c10::kCPU);
     if (!t.ok()) return FileError(*chunk.info, fqn, t.status());
@@ -473,7 +499,48 @@ absl::StatusOr<std::string> CheckpointReader::ReadBytes(const std::string& fqn) 
   if (absl::Status s = file->ReadAt(info->offset, out.data(), out.size()); !s.ok()) {
     return FileError(*info, fqn, s);
   }
+  if (options_.verify_checksums) {
+    if (absl::Status s = CheckBytes(*info, fqn, file, out); !s.ok()) {
+      return FileError(*info, fqn, s);
+    }
+  }
   return out;
+}
+
+TorchLoadOptions CheckpointReader::LoadOptions(const StorageInfo& info) const {
+  TorchLoadOptions o;
+  o.verify_checksums = options_.verify_checksums;
+  o.archive_crc32 = info.item_crc32;
+  return o;
+}
+
+absl::Status CheckpointReader::CheckBytes(const StorageInfo& info, const std::string& fqn,
+                                          const std::shared_ptr<FileReader>& file,
+                                          const std::string& bytes) const {
+  if (info.item_crc32) {
+    const uint32_t crc = Crc32(0, bytes.data(), bytes.size());
+    if (crc != *info.item_crc32) {
+      return absl::DataLossError(absl::StrCat(
+          "CRC-32 mismatch: the checkpoint's metadata says ",
+          absl::Hex(*info.item_crc32, absl::kZeroPad8), ", the file has ",
+          absl::Hex(crc, absl::kZeroPad8), " (damaged, or a file of another checkpoint)"));
+    }
+    return absl::OkStatus();
+  }
+  // Python's folders: the blob is a torch.save archive (DCP's planner saves
+  // every non-tensor value so) whose records carry CRCs; a raw io.BytesIO value
+  // carries none and cannot be checked.
+  if (bytes.compare(0, zip_format::kLocalHeaderMagic.size(), zip_format::kLocalHeaderMagic) != 0) {
+    return absl::OkStatus();
+  }
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<ZipReader> zip,
+                          ZipReader::Open(file, info.offset, info.length));
+  for (const ZipReader::Entry& e : zip->entries()) {
+    if (e.compression != 0) continue;  // not ours to read; ReadObject refuses it
+    const uint64_t at = e.data_offset - static_cast<uint64_t>(info.offset);
+    FABRIC_RETURN_IF_ERROR(zip->CheckCrc(e, Crc32(0, bytes.data() + at, e.size), fqn));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Value> CheckpointReader::ReadObject(const std::string& fqn) const {
@@ -481,7 +548,7 @@ absl::StatusOr<Value> CheckpointReader::ReadObject(const std::string& fqn) const
   FABRIC_ASSIGN_OR_RETURN(const StorageInfo* info, Storage(fqn, nullptr));
   FABRIC_ASSIGN_OR_RETURN(std::shared_ptr<FileReader> file, File(info->relative_path, fqn));
   absl::StatusOr<std::unique_ptr<TorchFile>> archive =
-      TorchFile::Open(file, info->offset, info->length);
+      TorchFile::Open(file, info->offset, info->length, LoadOptions(*info));
   if (!archive.ok()) return FileError(*info, fqn, archive.status());
   absl::StatusOr<Value> v = (*archive)->Materialize((*archive)->root());
   if (!v.ok()) return FileError(*info, fqn, v.status());

@@ -26,10 +26,12 @@
 #include "absl/synchronization/mutex.h"
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/file_reader.h"
+#include "checkpoint/load_options.h"
 #include "checkpoint/value.h"
 
 namespace fabric {
 class TorchFile;
+struct TorchLoadOptions;
 }  // namespace fabric
 
 namespace fabric::dcp {
@@ -48,6 +50,16 @@ struct ReaderOptions {
   // Overlaps bigger than this are read in slabs (rows of dim 0) of at most
   // this many bytes, which bounds the staging memory a read needs.
   uint64_t slab_bytes = uint64_t{64} << 20;
+  // Check every item read: each zip record against its archive's CRC-32,
+  // and, where our writer recorded it in .metadata (StorageInfo::item_crc32),
+  // the item's whole byte range. A chunk read only in part (resharding) is
+  // read whole to be checked. .metadata itself is always cross-checked
+  // against its items and the shard files' sizes (dcp_metadata_check.h).
+  bool verify_checksums = true;
+
+  ReaderOptions() = default;
+  ReaderOptions(const LoadOptions& o)  // NOLINT(runtime/explicit): widens LoadOptions
+      : verify_checksums(o.verify_checksums) {}
 };
 
 class CheckpointReader {
@@ -117,6 +129,11 @@ class CheckpointReader {
                            at::Tensor& view) const;
   absl::Status FileError(const StorageInfo& info, const std::string& fqn,
                          const absl::Status& s) const;
+  // How an item's archive is opened: checked or not, with its item CRC.
+  TorchLoadOptions LoadOptions(const StorageInfo& info) const;
+  // A bytes item read whole: against its item CRC, or its records' CRCs.
+  absl::Status CheckBytes(const StorageInfo& info, const std::string& fqn,
+                          const std::shared_ptr<FileReader>& file, const std::string& bytes) const;
 
   const std::string dir_;
   const Metadata metadata_;

@@ -19,6 +19,7 @@
 #include "base/status_macros.h"
 #include "checkpoint/atomic_file_writer.h"
 #include "checkpoint/byte_sink.h"
+#include "checkpoint/crc32.h"
 #include "checkpoint/fs_util.h"
 #include "checkpoint/pickle_reader.h"
 #include "checkpoint/pickle_writer.h"
@@ -38,15 +39,22 @@ std::string Dims(const std::vector<int64_t>& v) { return absl::StrCat("[", absl:
 // Presents the tail of a sink as a stream that starts at 0, so that the zip
 // offsets inside each item's archive are relative to the archive's start:
 // DCP reads every item as a self-contained file view at its offset.
+// It also checksums what passes through: the item's CRC-32 for .metadata
+// (StorageInfo::item_crc32), which loads check.
 class OffsetSink : public ByteSink {
  public:
   explicit OffsetSink(ByteSink& inner) : inner_(inner), base_(inner.position()) {}
-  absl::Status Write(const void* data, size_t n) override { return inner_.Write(data, n); }
+  absl::Status Write(const void* data, size_t n) override {
+    crc_ = Crc32(crc_, data, n);
+    return inner_.Write(data, n);
+  }
   uint64_t position() const override { return inner_.position() - base_; }
+  uint32_t crc() const { return crc_; }
 
  private:
   ByteSink& inner_;
   const uint64_t base_;
+  uint32_t crc_ = 0;
 };
 
 // The chunk as FileSystemWriter saves it: detached, on CPU, and in a storage
@@ -119,11 +127,14 @@ absl::Status WriteOne(ByteSink& file, const WriteItem& item, const std::string& 
     r->index.offset = offsets;
     OffsetSink sink(file);
     s = TorchSaveToSink(sink, "archive", Value(ChunkForSave(item.tensor)));
+    r->storage.item_crc32 = sink.crc();
   } else if (item.blob) {
     s = file.Write(item.blob->data(), item.blob->size());
+    r->storage.item_crc32 = Crc32(0, item.blob->data(), item.blob->size());
   } else if (item.value) {
     OffsetSink sink(file);
     s = TorchSaveToSink(sink, "archive", *item.value);
+    r->storage.item_crc32 = sink.crc();
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat("item '", item.fqn, "' has neither a tensor, a blob nor a value"));
@@ -428,6 +439,7 @@ absl::StatusOr<std::string> EncodeWriteResults(const std::vector<WriteResult>& r
     d.Set("file", r.storage.relative_path);
     d.Set("file_offset", r.storage.offset);
     d.Set("length", r.storage.length);
+    if (r.storage.item_crc32) d.Set("crc32", static_cast<int64_t>(*r.storage.item_crc32));
     d.Set("tensor", r.is_tensor);
     if (r.is_tensor) {
       d.Set("dtype", static_cast<int64_t>(r.properties.dtype));
@@ -468,6 +480,9 @@ absl::StatusOr<std::vector<WriteResult>> DecodeWriteResults(std::string_view byt
     r.storage.offset = off->as_int();
     r.storage.length = len->as_int();
     r.is_tensor = tensor->as_bool();
+    if (const Value* c = d.Find("crc32"); c && c->is_int()) {
+      r.storage.item_crc32 = static_cast<uint32_t>(c->as_int());
+    }
     for (const Value& p : path->items()) {
       if (p.is_string()) {
         r.path.emplace_back(p.as_string());

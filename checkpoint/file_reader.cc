@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/parallel.h"
 #include "base/status_macros.h"
+#include "checkpoint/crc32.h"
 #include "checkpoint/fs_util.h"
 
 namespace fabric {
@@ -79,28 +80,40 @@ struct FileReader::Span {
   size_t first, last;
 };
 
-absl::Status FileReader::ReadBatch(std::vector<ReadRequest> requests) const {
+// A request, or a kReadPiece part of one; `crc` is filled after the read.
+struct FileReader::Piece {
+  uint64_t offset;
+  char* dst;
+  size_t n;
+  size_t request;
+  uint32_t crc;
+};
+
+absl::Status FileReader::ReadBatch(std::vector<ReadRequest> requests,
+                                   std::vector<uint32_t>* crcs) const {
+  if (crcs) crcs->assign(requests.size(), 0);
   // Split big requests so that threads share them, drop empty ones, and sort
-  // by file offset.
-  std::vector<ReadRequest> pieces;
+  // by file offset (a request's pieces stay in order).
+  std::vector<Piece> pieces;
   pieces.reserve(requests.size());
-  for (const ReadRequest& r : requests) {
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const ReadRequest& r = requests[i];
     if (r.n == 0) continue;
     FABRIC_RETURN_IF_ERROR(CheckRange(r.offset, r.n));
     for (size_t at = 0; at < r.n; at += kReadPiece) {
-      pieces.push_back(ReadRequest{r.offset + at, static_cast<char*>(r.dst) + at,
-                                   std::min(kReadPiece, r.n - at)});
+      pieces.push_back(Piece{r.offset + at, static_cast<char*>(r.dst) + at,
+                             std::min(kReadPiece, r.n - at), i, 0});
     }
   }
   std::stable_sort(pieces.begin(), pieces.end(),
-                   [](const ReadRequest& a, const ReadRequest& b) { return a.offset < b.offset; });
+                   [](const Piece& a, const Piece& b) { return a.offset < b.offset; });
   std::vector<Span> spans;
   for (size_t i = 0; i < pieces.size();) {
     Span span{i, i + 1};
     uint64_t end = pieces[i].offset + pieces[i].n;
     size_t iovs = 1;
     while (span.last < pieces.size()) {
-      const ReadRequest& next = pieces[span.last];
+      const Piece& next = pieces[span.last];
       if (next.offset < end || next.offset - end > kMaxGap ||
           next.offset + next.n - pieces[i].offset > kReadPiece || iovs + 2 > kMaxIov) {
         break;
@@ -116,17 +129,30 @@ absl::Status FileReader::ReadBatch(std::vector<ReadRequest> requests) const {
 
   // One scratch buffer per thread for the bytes between records.
   thread_local std::vector<char> scratch;
-  return ParallelFor(spans.size(), kReadThreads, [&](size_t k) {
+  FABRIC_RETURN_IF_ERROR(ParallelFor(spans.size(), kReadThreads, [&](size_t k) {
     scratch.resize(kMaxGap);
-    return ReadSpan(spans[k], pieces.data(), scratch.data());
-  });
+    return ReadSpan(spans[k], pieces.data(), scratch.data(), crcs != nullptr);
+  }));
+  if (crcs) {
+    // Pieces of one request are consecutive in offset order: fold them left
+    // to right.
+    std::vector<bool> started(requests.size(), false);
+    for (const Piece& p : pieces) {
+      uint32_t& c = (*crcs)[p.request];
+      c = started[p.request] ? Crc32Combine(c, p.crc, p.n) : p.crc;
+      started[p.request] = true;
+    }
+  }
+  return absl::OkStatus();
 }
 
-absl::Status FileReader::ReadSpan(const Span& span, const ReadRequest* pieces,
-                                  char* scratch) const {
+absl::Status FileReader::ReadSpan(const Span& span, Piece* pieces, char* scratch,
+                                  bool crc) const {
   if (span.last - span.first == 1) {
-    const ReadRequest& r = pieces[span.first];
-    return ReadRange(r.offset, static_cast<char*>(r.dst), r.n);
+    Piece& p = pieces[span.first];
+    FABRIC_RETURN_IF_ERROR(ReadRange(p.offset, p.dst, p.n));
+    if (crc) p.crc = Crc32(0, p.dst, p.n);
+    return absl::OkStatus();
   }
   std::vector<iovec> iov;
   iov.reserve(2 * (span.last - span.first));
@@ -160,6 +186,11 @@ absl::Status FileReader::ReadSpan(const Span& span, const ReadRequest* pieces,
     if (done > 0) {
       iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + done;
       iov[first].iov_len -= done;
+    }
+  }
+  if (crc) {
+    for (size_t i = span.first; i < span.last; ++i) {
+      pieces[i].crc = Crc32(0, pieces[i].dst, pieces[i].n);
     }
   }
   return absl::OkStatus();

@@ -40,14 +40,20 @@ class FileReader {
   // small records read this way cost a few large reads: requests close
   // together in the file become one preadv of up to 16 MiB (the bytes between
   // them land in scratch memory), and several such reads are in flight at once.
-  absl::Status ReadBatch(std::vector<ReadRequest> requests) const;
+  // With `crcs`, it is resized to requests.size() and crcs[i] is the CRC-32 of
+  // request i's bytes, computed by the reading threads on each piece right
+  // after it lands (still in cache, while the other threads' reads are in
+  // flight) and combined per request.
+  absl::Status ReadBatch(std::vector<ReadRequest> requests,
+                         std::vector<uint32_t>* crcs = nullptr) const;
 
  private:
   struct Span;
+  struct Piece;
   FileReader(std::string path, int fd, uint64_t size);
   absl::Status CheckRange(uint64_t offset, size_t n) const;
   absl::Status ReadRange(uint64_t offset, char* dst, size_t n) const;
-  absl::Status ReadSpan(const Span& span, const ReadRequest* requests, char* scratch) const;
+  absl::Status ReadSpan(const Span& span, Piece* pieces, char* scratch, bool crc) const;
 
   const std::string path_;
   const int fd_;

@@ -26,6 +26,7 @@
 #include "checkpoint/atomic_file_writer.h"
 #include "checkpoint/byte_sink.h"
 #include "checkpoint/file_reader.h"
+#include "checkpoint/load_options.h"
 #include "checkpoint/tensor_source.h"
 #include "checkpoint/value.h"
 #include "checkpoint/zip_reader.h"
@@ -95,20 +96,45 @@ class TorchStreamWriter {
 // Total bytes of tensor storages `value` references (each storage once).
 uint64_t StorageBytes(const Value& value);
 
+struct TorchLoadOptions {
+  TorchLoadOptions() = default;
+  TorchLoadOptions(const LoadOptions& o)  // NOLINT(runtime/explicit): widens LoadOptions
+      : verify_checksums(o.verify_checksums) {}
+
+  // Check every record read against the CRC-32 of the archive's central
+  // directory (data.pkl at Open, each storage as it is read; a storage read
+  // only in part is read whole to be checked). A mismatch is DataLoss naming
+  // the file, the state-dict key and the byte range.
+  bool verify_checksums = true;
+  // The CRC-32 of the archive's whole byte range, where something outside
+  // the archive records it (our DCP .metadata, StorageInfo::item_crc32). A
+  // read of one record then reads the whole archive and checks this too:
+  // headers, padding and directory are covered, and an archive of another
+  // checkpoint in its place is refused.
+  std::optional<uint32_t> archive_crc32;
+};
+
 // A torch.save archive opened for reading. The object tree is parsed at Open;
 // tensors stay in the file as TensorRefs until read, so a caller can read them
-// straight into existing parameters, or only the ones it needs.
+// straight into existing parameters, or only the ones it needs. Implemented in
+// torch_file.cc.
 class TorchFile {
  public:
-  static absl::StatusOr<std::unique_ptr<TorchFile>> Open(const std::string& path);
+  static absl::StatusOr<std::unique_ptr<TorchFile>> Open(const std::string& path,
+                                                         const TorchLoadOptions& options = {});
   // An archive embedded in a larger file at [offset, offset + length).
-  static absl::StatusOr<std::unique_ptr<TorchFile>> Open(
-      std::shared_ptr<FileReader> file, uint64_t offset, std::optional<uint64_t> length);
+  static absl::StatusOr<std::unique_ptr<TorchFile>> Open(std::shared_ptr<FileReader> file,
+                                                         uint64_t offset,
+                                                         std::optional<uint64_t> length,
+                                                         const TorchLoadOptions& options = {});
 
   const std::string& path() const { return file_->path(); }
   // The unpickled object tree; tensors are kTensorRef.
   const Value& root() const { return root_; }
   const ZipReader& zip() const { return *zip_; }
+  // The state-dict key (dotted path in the object tree, "model.fc.weight")
+  // of the first tensor on storage `storage_key`, for messages.
+  std::string KeyOf(const std::string& storage_key) const;
 
   // Reads one tensor into a new tensor on `device` (Python's map_location).
   absl::StatusOr<at::Tensor> ReadTensor(const TensorRef& ref,
@@ -134,17 +160,32 @@ class TorchFile {
   absl::StatusOr<const ZipReader::Entry*> StorageRecord(const TensorRef& ref) const;
   absl::StatusOr<at::Storage> ReadStorage(const TensorRef& ref,
                                           const c10::Device& device) const;
-  // Where ReadInto would put the bytes straight into dst: the request for it.
-  absl::StatusOr<std::optional<ReadRequest>> DirectRead(const TensorRef& ref,
-                                                        at::Tensor& dst) const;
+  // Bytes [lo, lo + n) of a storage record into dst.
+  struct RecordRead {
+    const ZipReader::Entry* entry;
+    std::string storage_key;
+    uint64_t lo;
+    void* dst;
+    size_t n;
+  };
+  // Where ReadInto would put the bytes straight into dst: the read for it.
+  absl::StatusOr<std::optional<RecordRead>> DirectRead(const TensorRef& ref,
+                                                       at::Tensor& dst) const;
+  // Reads them all in one batch. When verifying, the rest of each record
+  // (outside [lo, lo + n)) is read too, into scratch memory, and each record's
+  // CRC-32 is checked; CRCs are computed by the reading threads.
+  absl::Status ReadRecords(const std::vector<RecordRead>& reads) const;
 
   std::shared_ptr<FileReader> file_;
   std::unique_ptr<ZipReader> zip_;
+  std::optional<uint32_t> archive_crc32_;
   Value root_;
+  std::unordered_map<std::string, std::string> keys_;  // storage key -> state-dict key
 };
 
 // torch.load(path, map_location=device): everything read into memory.
-absl::StatusOr<Value> TorchLoad(const std::string& path, const c10::Device& device = c10::kCPU);
+absl::StatusOr<Value> TorchLoad(const std::string& path, const c10::Device& device = c10::kCPU,
+                                const TorchLoadOptions& options = {});
 
 }  // namespace fabric
 

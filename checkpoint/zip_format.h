@@ -28,6 +28,10 @@ inline constexpr size_t kZip64EndSize = 56;
 inline constexpr size_t kZip64LocatorSize = 20;
 
 // Field offsets in the local file header.
+inline constexpr size_t kLocalFlagsAt = 6;
+inline constexpr size_t kLocalMethodAt = 8;
+inline constexpr size_t kLocalCrcAt = 14;
+inline constexpr size_t kLocalSizeAt = 22;
 inline constexpr size_t kLocalNameLenAt = 26;
 inline constexpr size_t kLocalExtraLenAt = 28;
 

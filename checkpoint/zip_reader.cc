@@ -31,7 +31,8 @@ absl::Status CrcMismatch(const std::string& path, std::string_view name, uint32_
 
 absl::StatusOr<std::unique_ptr<ZipReader>> ZipReader::Open(std::shared_ptr<FileReader> file,
                                                            uint64_t base_offset,
-                                                           std::optional<uint64_t> length) {
+                                                           std::optional<uint64_t> length,
+                                                           bool verify) {
   if (!file) return absl::InvalidArgumentError("ZipReader::Open: no file");
   const uint64_t size = file->size();
   if (base_offset > size || (length && *length > size - base_offset)) {
@@ -41,7 +42,7 @@ absl::StatusOr<std::unique_ptr<ZipReader>> ZipReader::Open(std::shared_ptr<FileR
         " extends past the end of the file (", size, " bytes)"));
   }
   const uint64_t len = length ? *length : size - base_offset;
-  std::unique_ptr<ZipReader> r(new ZipReader(std::move(file), base_offset, len));
+  std::unique_ptr<ZipReader> r(new ZipReader(std::move(file), base_offset, len, verify));
   FABRIC_RETURN_IF_ERROR(r->Load());
   return r;
 }
@@ -123,6 +124,7 @@ absl::Status ZipReader::Load() {
 
   std::string cd(cd_size, '\0');
   FABRIC_RETURN_IF_ERROR(file_->ReadAt(base_ + cd_offset, cd.data(), cd_size));
+  cd_crc32_ = Crc32(0, cd.data(), cd.size());
   entries_.reserve(count);
   std::vector<uint64_t> header_offsets;
   header_offsets.reserve(count);
@@ -198,19 +200,37 @@ absl::Status ZipReader::Load() {
 
   // The data follows each local header, whose name and extra field (the
   // alignment padding) may differ in length from the central directory's.
+  // The header must name the record the directory says it holds, and, unless
+  // a data descriptor follows the data, agree on its CRC and sizes.
+  std::string h;
   for (size_t i = 0; i < entries_.size(); ++i) {
     Entry& entry = entries_[i];
-    char h[kLocalHeaderSize];
-    if (header_offsets[i] + kLocalHeaderSize > cd_offset) {
+    const std::string full = absl::StrCat(archive_name_, "/", entry.name);
+    if (header_offsets[i] > cd_offset ||
+        kLocalHeaderSize + full.size() > cd_offset - header_offsets[i]) {
       return Corrupt(absl::StrCat("record '", entry.name, "' local header is out of range"));
     }
-    FABRIC_RETURN_IF_ERROR(file_->ReadAt(base_ + header_offsets[i], h, sizeof(h)));
-    if (Load32(h) != kLocalHeaderSig) {
+    h.resize(kLocalHeaderSize + full.size());
+    FABRIC_RETURN_IF_ERROR(file_->ReadAt(base_ + header_offsets[i], h.data(), h.size()));
+    if (Load32(h.data()) != kLocalHeaderSig) {
       return Corrupt(absl::StrCat("record '", entry.name, "': no local header at offset ",
                                   header_offsets[i]));
     }
-    const uint64_t data = header_offsets[i] + kLocalHeaderSize + Load16(h + kLocalNameLenAt) +
-                          Load16(h + kLocalExtraLenAt);
+    const uint16_t local_flags = Load16(h.data() + kLocalFlagsAt);
+    const bool sizes_here = !(local_flags & kFlagDescriptor);
+    if (Load16(h.data() + kLocalNameLenAt) != full.size() ||
+        h.compare(kLocalHeaderSize, full.size(), full) != 0 ||
+        Load16(h.data() + kLocalMethodAt) != entry.compression ||
+        (sizes_here && verify_ &&
+         (Load32(h.data() + kLocalCrcAt) != entry.crc32 ||
+          (Load32(h.data() + kLocalSizeAt) != kMax32 &&
+           Load32(h.data() + kLocalSizeAt) != entry.size)))) {
+      return Corrupt(absl::StrCat("record '", entry.name, "': its local header (offset ",
+                                  header_offsets[i],
+                                  ") does not match the central directory's entry"));
+    }
+    const uint64_t data = header_offsets[i] + kLocalHeaderSize + Load16(h.data() + kLocalNameLenAt) +
+                          Load16(h.data() + kLocalExtraLenAt);
     if (data > cd_offset || entry.compressed_size > cd_offset - data) {
       return Corrupt(absl::StrCat("record '", entry.name, "' (", entry.compressed_size,
                                   " bytes at offset ", data,
@@ -218,6 +238,7 @@ absl::Status ZipReader::Load() {
     }
     entry.data_offset = base_ + data;
     by_name_[entry.name] = i;  // a later duplicate wins, as in Python's zipfile
+    if (entry.crc32 != 0) checksums_recorded_ = true;
   }
 
   // No two records may share bytes (a crafted directory could otherwise make
@@ -263,14 +284,7 @@ absl::StatusOr<const ZipReader::Entry*> ZipReader::Readable(std::string_view nam
 absl::StatusOr<std::string> ZipReader::ReadRecord(std::string_view name) const {
   FABRIC_ASSIGN_OR_RETURN(const Entry* e, Readable(name));
   std::string out(e->size, '\0');
-  FABRIC_RETURN_IF_ERROR(file_->ReadAt(e->data_offset, out.data(), out.size()));
-#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION  // fuzzers could not reach past a CRC
-  // Whole records are the small ones that describe the rest (data.pkl): a
-  // corrupted byte there is refused before anything is parsed.
-  if (const uint32_t crc = Crc32(0, out.data(), out.size()); crc != e->crc32) {
-    return CrcMismatch(path(), name, e->crc32, crc);
-  }
-#endif
+  FABRIC_RETURN_IF_ERROR(ReadRecordInto(name, out.data(), out.size()));
   return out;
 }
 
@@ -280,7 +294,22 @@ absl::Status ZipReader::ReadRecordInto(std::string_view name, void* dst, size_t 
     return absl::InvalidArgumentError(absl::StrCat("'", path(), "': record '", AbslView(name),
                                                    "' has ", e->size, " bytes, not ", n));
   }
-  return file_->ReadAt(e->data_offset, dst, n);
+  if (!verifies()) return file_->ReadAt(e->data_offset, dst, n);
+  std::vector<uint32_t> crc;
+  FABRIC_RETURN_IF_ERROR(file_->ReadBatch({ReadRequest{e->data_offset, dst, n}}, &crc));
+  return CheckCrc(*e, crc[0], "");
+}
+
+absl::Status ZipReader::CheckCrc(const Entry& e, uint32_t crc, std::string_view key) const {
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION  // fuzzers could not reach past a CRC
+  return absl::OkStatus();
+#endif
+  if (!verifies() || crc == e.crc32) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat(
+      "'", path(), "': CRC-32 mismatch", key.empty() ? "" : " in key '", AbslView(key),
+      key.empty() ? "" : "'", " (record '", archive_name_, "/", e.name, "', bytes [",
+      e.data_offset, ", ", e.data_offset + e.size, ") of the file): the archive says ",
+      absl::Hex(e.crc32, absl::kZeroPad8), ", the data has ", absl::Hex(crc, absl::kZeroPad8)));
 }
 
 absl::Status ZipReader::VerifyCrc(std::string_view name) const {

@@ -10,6 +10,8 @@
 #include "base/status_macros.h"
 #include "checkpoint/safetensors_index.h"
 #include "checkpoint/safetensors_module.h"
+#include "checkpoint/load_options.h"
+#include "checkpoint/state_snapshot.h"
 #include "strategies/cluster_environment.h"
 #include "strategies/ddp_strategy.h"
 #include "strategies/fsdp_safetensors.h"
@@ -21,6 +23,15 @@
 #include "strategies/strategy.h"
 
 namespace fabric {
+namespace {
+
+LoadOptions LoadOptionsOf(const FabricOptions& options) {
+  LoadOptions o;
+  o.verify_checksums = options.verify_checksums;
+  return o;
+}
+
+}  // namespace
 
 Fabric::Fabric(const FabricOptions& options) : options_(options) {}
 
@@ -134,6 +145,7 @@ absl::Status Fabric::Launch() {
   } else {
     strategy_ = std::make_unique<strategies::DdpStrategy>(context_);
   }
+  strategy_->set_load_options(LoadOptionsOf(options_));
   return absl::OkStatus();
 }
 
@@ -147,6 +159,7 @@ absl::Status Fabric::EnsureStrategy() {
   }
   strategy_ = std::make_unique<strategies::SingleDeviceStrategy>(
       want_cuda_ ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU));
+  strategy_->set_load_options(LoadOptionsOf(options_));
   return absl::OkStatus();
 }
 
@@ -187,6 +200,13 @@ absl::Status Fabric::Setup(const std::shared_ptr<torch::nn::Module>& module,
 std::vector<at::Tensor> Fabric::Parameters(const std::shared_ptr<torch::nn::Module>& module) {
   if (strategies::FullyShardedDataParallel* f = Fsdp(*module)) return f->parameters();
   return module->parameters();
+}
+
+StateSnapshot::ParamsOf Fabric::ShardsOf() const {
+  return [this](torch::nn::Module& m) -> std::optional<std::vector<at::Tensor>> {
+    if (strategies::FullyShardedDataParallel* f = Fsdp(m)) return f->parameters();
+    return std::nullopt;
+  };
 }
 
 strategies::FullyShardedDataParallel* Fabric::Fsdp(const torch::nn::Module& module) const {
@@ -231,10 +251,20 @@ absl::Status Fabric::Save(const std::string& path, const State& state, const Sta
   return strategy_->Save(path, state, filter);
 }
 
+absl::Status Fabric::AllOrNothing(const StateSnapshot& snapshot, State* state,
+                                  absl::Status load) {
+  // Every rank restores when any rank failed, so that ranks never diverge.
+  if (context_) load = context_->AgreeOnStatus(load);
+  return RestoreOnFailure(snapshot, state, std::move(load));
+}
+
 absl::StatusOr<Dict> Fabric::Load(const std::string& path, State& state, bool strict) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   FABRIC_RETURN_IF_ERROR(CheckSameCheckpoint(path));
-  return strategy_->Load(path, state, strict);
+  FABRIC_ASSIGN_OR_RETURN(const StateSnapshot snapshot, StateSnapshot::Of(state, ShardsOf()));
+  absl::StatusOr<Dict> rest = strategy_->Load(path, state, strict);
+  FABRIC_RETURN_IF_ERROR(AllOrNothing(snapshot, &state, rest.status()));
+  return rest;
 }
 
 absl::StatusOr<Dict> Fabric::Load(const std::string& path) {
@@ -245,21 +275,29 @@ absl::StatusOr<Dict> Fabric::Load(const std::string& path) {
 
 absl::Status Fabric::LoadRaw(const std::string& path, torch::nn::Module& module, bool strict) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  const StateSnapshot snapshot = StateSnapshot::Of(module, ShardsOf());
+  absl::Status loaded;
   if (IsSafetensorsPath(path)) {
     // Hugging Face weights: every rank reads what it holds (FSDP: its rows).
-    FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
-                            SafetensorsCheckpoint::Open(path));
-    if (strategies::FullyShardedDataParallel* f = Fsdp(module)) {
-      return strategies::FsdpLoadSafetensors(*f, *checkpoint, strict).status();
+    absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> checkpoint =
+        SafetensorsCheckpoint::Open(path);
+    if (!checkpoint.ok()) {
+      loaded = checkpoint.status();
+    } else if (strategies::FullyShardedDataParallel* f = Fsdp(module)) {
+      loaded = strategies::FsdpLoadSafetensors(*f, **checkpoint, strict).status();
+    } else {
+      loaded = LoadSafetensorsModule(**checkpoint, module, strict).status();
     }
-    return LoadSafetensorsModule(*checkpoint, module, strict).status();
+  } else {
+    loaded = strategy_->LoadRaw(path, module, strict);
   }
-  return strategy_->LoadRaw(path, module, strict);
+  return AllOrNothing(snapshot, nullptr, loaded);
 }
 
 absl::Status Fabric::LoadRaw(const std::string& path, torch::optim::Optimizer& optimizer) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
-  return strategy_->LoadRaw(path, optimizer);
+  FABRIC_ASSIGN_OR_RETURN(const StateSnapshot snapshot, StateSnapshot::Of(optimizer));
+  return AllOrNothing(snapshot, nullptr, strategy_->LoadRaw(path, optimizer));
 }
 
 absl::Status Fabric::Barrier() {

@@ -38,6 +38,7 @@
 #include "checkpoint/state.h"
 #include "checkpoint/state_filter.h"
 #include "checkpoint/state_io.h"
+#include "checkpoint/state_snapshot.h"
 #include "strategies/fsdp.h"
 
 namespace fabric {
@@ -86,6 +87,11 @@ struct FabricOptions {
   std::string precision = "32-true";
   // How long a collective may wait for the other ranks before failing.
   absl::Duration timeout = absl::Minutes(30);
+  // Loads check the CRC-32 of every byte they read (every zip record, every
+  // DCP item) and are all or nothing: a refused checkpoint leaves the live
+  // modules, optimizers and values as they were (on every rank). False skips
+  // the checksums (the structural checks and the all-or-nothing stay).
+  bool verify_checksums = true;
 };
 
 class Fabric {
@@ -192,6 +198,11 @@ class Fabric {
   absl::Status EnsureStrategy();
   // Every rank loads the same checkpoint (several ranks only).
   absl::Status CheckSameCheckpoint(const std::string& path);
+  // A load's verdict, agreed by every rank; on failure the snapshot is put
+  // back (into `state`, or the module / optimizer it was taken of).
+  // What a load snapshot copies of a module: under FSDP its local shards.
+  StateSnapshot::ParamsOf ShardsOf() const;
+  absl::Status AllOrNothing(const StateSnapshot& snapshot, State* state, absl::Status load);
 
   FabricOptions options_;
   bool want_cuda_ = false;

@@ -6,6 +6,7 @@
 #include <functional>
 #include <vector>
 
+#include "checkpoint/load_options.h"
 #include "checkpoint/state_filter.h"
 
 namespace torch::nn {
@@ -36,6 +37,8 @@ struct FsdpCheckpointOptions {
   StateFilter filter;
   // Load: missing and unexpected keys are errors (they are always listed).
   bool strict = true;
+  // Load: checksums checked or not (FabricOptions.verify_checksums).
+  LoadOptions load;
   bool direct_io = true;
   // Testing: runs on every rank after its shard file is written and before
   // the checkpoint is committed (e.g. to kill a rank mid-save).

@@ -288,7 +288,7 @@ absl::StatusOr<Dict> FsdpLoadFull(const std::string& path, State& state,
                                   const FsdpWrapperOf& wrapper_of,
                                   const FsdpCheckpointOptions& options) {
   const std::vector<Entry> entries = ResolveEntries(state, wrapper_of);
-  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path));
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path, options.load));
   const TorchFile* f = file.get();
   if (!file->root().is_dict()) {
     return absl::DataLossError(absl::StrCat(path, ": expected a dict at the top, got ",

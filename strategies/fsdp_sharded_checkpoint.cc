@@ -224,7 +224,7 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
                                      const FsdpCheckpointOptions& options) {
   const std::vector<Entry> entries = ResolveEntries(state, wrapper_of);
   FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<dcp::CheckpointReader> reader,
-                          dcp::CheckpointReader::Open(dir));
+                          dcp::CheckpointReader::Open(dir, options.load));
   const dcp::CheckpointReader* rd = reader.get();
   std::vector<dcp::KeyInfo> keys = reader->Keys();
   std::set<std::string> consumed;
@@ -373,7 +373,7 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
   Dict meta;
   const std::string meta_path = LightningMetaPath(dir);
   if (StatCheckpoint(meta_path).is_single_file()) {
-    FABRIC_ASSIGN_OR_RETURN(Value loaded, TorchLoad(meta_path));
+    FABRIC_ASSIGN_OR_RETURN(Value loaded, TorchLoad(meta_path, c10::kCPU, options.load));
     if (!loaded.is_dict()) {
       return absl::DataLossError(absl::StrCat(meta_path, ": expected a dict, got ",
                                               loaded.kind_name()));

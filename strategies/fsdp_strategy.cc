@@ -57,23 +57,24 @@ absl::StatusOr<Dict> FsdpStrategy::Load(const std::string& path, State& state, b
   FsdpCheckpointOptions options;
   options.state_dict_type = state_dict_type_;
   options.strict = strict;
+  options.load = load_options_;
   return FsdpLoadCheckpoint(path, state, wrapper_of(), options);
 }
 
 absl::StatusOr<Dict> FsdpStrategy::LoadAll(const std::string& path) {
   if (!StatCheckpoint(path).is_sharded()) {
-    FABRIC_ASSIGN_OR_RETURN(Value all, TorchLoad(path));
+    FABRIC_ASSIGN_OR_RETURN(Value all, TorchLoad(path, c10::kCPU, load_options_));
     if (!all.is_dict()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a dict"));
     return all.as_dict();
   }
   FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<dcp::CheckpointReader> reader,
-                          dcp::CheckpointReader::Open(path));
+                          dcp::CheckpointReader::Open(path, load_options_));
   FABRIC_ASSIGN_OR_RETURN(Value tree, reader->ReadStateDict());
   if (!tree.is_dict()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a dict"));
   Dict out = tree.as_dict();
   const std::string meta = LightningMetaPath(path);
   if (StatCheckpoint(meta).exists_as_checkpoint()) {
-    FABRIC_ASSIGN_OR_RETURN(Value m, TorchLoad(meta));
+    FABRIC_ASSIGN_OR_RETURN(Value m, TorchLoad(meta, c10::kCPU, load_options_));
     if (m.is_dict()) {
       for (const auto& [k, v] : m.as_dict()) out.Set(k, v);
     }
@@ -88,7 +89,7 @@ absl::Status FsdpStrategy::LoadRaw(const std::string& path, torch::nn::Module& m
         "Fabric::LoadRaw(", path, "): loading a bare state dict into an FSDP-sharded module is "
         "not supported; load it into the module before SetupModule, or use Load with a state"));
   }
-  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path));
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path, load_options_));
   return LoadRawModule(*file, module, strict);
 }
 

@@ -29,26 +29,27 @@ absl::StatusOr<Dict> SingleFileStrategy::Load(const std::string& path, State& st
     // chunks of whole tensors it needs; no process group is involved.
     FsdpCheckpointOptions options;
     options.strict = strict;
+    options.load = load_options_;
     return FsdpLoadCheckpoint(path, state, /*wrapper_of=*/nullptr, options);
   }
-  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path));
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path, load_options_));
   return LoadStateFromCheckpoint(*file, state, strict);
 }
 
 absl::StatusOr<Dict> SingleFileStrategy::LoadAll(const std::string& path) {
-  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path));
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path, load_options_));
   return LoadAllFromCheckpoint(*file);
 }
 
 absl::Status SingleFileStrategy::LoadRaw(const std::string& path, torch::nn::Module& module,
                                          bool strict) {
-  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path));
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path, load_options_));
   return LoadRawModule(*file, module, strict);
 }
 
 absl::Status SingleFileStrategy::LoadRaw(const std::string& path,
                                          torch::optim::Optimizer& optimizer) {
-  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path));
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path, load_options_));
   return LoadRawOptimizer(*file, optimizer);
 }
 

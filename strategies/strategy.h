@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "checkpoint/load_options.h"
 #include "checkpoint/value.h"
 #include "checkpoint/state.h"
 #include "checkpoint/state_filter.h"
@@ -56,6 +57,14 @@ class Strategy {
   virtual absl::Status LoadRaw(const std::string& path, torch::optim::Optimizer& optimizer) = 0;
 
   virtual absl::Status Barrier() { return absl::OkStatus(); }
+
+  // How loads read files (FabricOptions.verify_checksums): every strategy
+  // opens checkpoints with these.
+  void set_load_options(const LoadOptions& options) { load_options_ = options; }
+  const LoadOptions& load_options() const { return load_options_; }
+
+ protected:
+  LoadOptions load_options_;
 };
 
 }  // namespace fabric::strategies

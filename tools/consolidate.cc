@@ -190,6 +190,7 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
 
   dcp::ReaderOptions reader_options;
   reader_options.slab_bytes = options.slab_bytes;
+  reader_options.verify_checksums = options.verify_checksums;
   FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<dcp::CheckpointReader> reader,
                           dcp::CheckpointReader::Open(folder, reader_options));
   const dcp::Metadata& md = reader->metadata();
@@ -227,7 +228,7 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
   const std::string meta_path = LightningMetaPath(folder);
   std::error_code ec;
   if (fs::is_regular_file(meta_path, ec)) {
-    FABRIC_ASSIGN_OR_RETURN(meta, TorchFile::Open(meta_path));
+    FABRIC_ASSIGN_OR_RETURN(meta, TorchFile::Open(meta_path, LoadOptions{options.verify_checksums}));
     if (!meta->root().is_dict()) {
       return absl::DataLossError(absl::StrCat("'", meta_path, "' holds a ",
                                               meta->root().kind_name(), ", not a dict"));

@@ -35,6 +35,8 @@ struct ConsolidateOptions {
   uint64_t slab_bytes = uint64_t{64} << 20;
   // O_DIRECT writes (no page cache pollution); falls back where unsupported.
   bool direct_io = true;
+  // Check every byte read (CRC-32s of records and items; see LoadOptions).
+  bool verify_checksums = true;
   // Called as tensor bytes are written: bytes done, bytes in total.
   std::function<void(uint64_t done, uint64_t total)> progress;
   // When set and it becomes true (a signal handler), the consolidation stops

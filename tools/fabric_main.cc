@@ -56,6 +56,7 @@ constexpr char kMainHelp[] =
 constexpr char kConsolidateHelp[] =
     "usage: fabric consolidate CHECKPOINT_FOLDER [--output_file PATH] [--force]\n"
     "                          [--progress=auto|always|never] [--report_memory]\n"
+    "                          [--no_verify_checksums]\n"
     "\n"
     "Converts a sharded checkpoint (a PyTorch DCP folder, as saved by fabric_cpp's or\n"
     "Lightning's FSDP strategy or by torch.distributed.checkpoint) into a single file\n"
@@ -68,6 +69,8 @@ constexpr char kConsolidateHelp[] =
     "  --output_file PATH  where to write (default: CHECKPOINT_FOLDER.consolidated,\n"
     "                      next to the folder)\n"
     "  --force             replace an existing output file (otherwise: exit 2)\n"
+    "  --no_verify_checksums  do not check CRC-32s of what is read (default: every\n"
+    "                      record and item is checked; a mismatch fails, exit 1)\n"
     "  --progress=WHEN     progress bar on stderr: auto (if a terminal), always, never\n"
     "  --report_memory     print the peak resident memory (VmHWM) to stderr at the end\n"
     "\n"
@@ -104,7 +107,7 @@ constexpr char kConvertHelp[] =
     "Files appear only when complete; a sharded folder's index is written last.\n";
 
 constexpr char kInspectHelp[] =
-    "usage: fabric inspect PATH [--json] [--report_memory]\n"
+    "usage: fabric inspect PATH [--json] [--report_memory] [--no_verify_checksums]\n"
     "\n"
     "Shows a checkpoint's format, the world size it was saved with (sharded), its\n"
     "files, every tensor key with dtype, shape, bytes and (sharded) chunk layout, and\n"
@@ -113,6 +116,7 @@ constexpr char kInspectHelp[] =
     "  PATH             a single-file checkpoint, a sharded checkpoint folder, a\n"
     "                   .safetensors file or a Hugging Face safetensors folder\n"
     "  --json           print one JSON object instead of text\n"
+    "  --no_verify_checksums  do not check CRC-32s of the records it reads\n"
     "  --report_memory  print the peak resident memory (VmHWM) to stderr at the end\n";
 
 constexpr char kVerifyHelp[] =
@@ -240,7 +244,8 @@ double Seconds(std::chrono::steady_clock::time_point start) {
 int Consolidate(const std::vector<std::string>& argv) {
   const std::string cmd = "consolidate";
   int rc = kOk;
-  std::optional<Args> args = Parse(cmd, argv, {"output_file", "progress"}, {"force", "report_memory"}, &rc);
+  std::optional<Args> args = Parse(cmd, argv, {"output_file", "progress"},
+                                     {"force", "report_memory", "no_verify_checksums"}, &rc);
   if (!args) return rc;
   if (args->help) {
     std::fputs(kConsolidateHelp, stdout);
@@ -258,6 +263,7 @@ int Consolidate(const std::vector<std::string>& argv) {
     options.output_file = it->second;
   }
   options.force = args->flags.count("force") > 0;
+  options.verify_checksums = args->flags.count("no_verify_checksums") == 0;
   ProgressBar bar("consolidate", *progress);
   options.progress = [&bar](uint64_t done, uint64_t total) { bar.Update(done, total); };
   options.cancel = &g_cancel;
@@ -369,7 +375,7 @@ int Convert(const std::vector<std::string>& argv) {
 int Inspect(const std::vector<std::string>& argv) {
   const std::string cmd = "inspect";
   int rc = kOk;
-  std::optional<Args> args = Parse(cmd, argv, {}, {"json", "report_memory"}, &rc);
+  std::optional<Args> args = Parse(cmd, argv, {}, {"json", "report_memory", "no_verify_checksums"}, &rc);
   if (!args) return rc;
   if (args->help) {
     std::fputs(kInspectHelp, stdout);
@@ -378,7 +384,9 @@ int Inspect(const std::vector<std::string>& argv) {
   if (args->positional.size() != 1) {
     return Usage(cmd, args->positional.empty() ? "missing PATH" : "expected one PATH");
   }
-  absl::StatusOr<Inspection> in = tools::Inspect(args->positional[0]);
+  LoadOptions load;
+  load.verify_checksums = args->flags.count("no_verify_checksums") == 0;
+  absl::StatusOr<Inspection> in = tools::Inspect(args->positional[0], load);
   if (!in.ok()) return Fail(cmd, in.status());
   const std::string text = args->flags.count("json") ? InspectionJson(*in) : InspectionText(*in);
   std::fwrite(text.data(), 1, text.size(), stdout);

@@ -145,9 +145,9 @@ std::string DtypeString(at::ScalarType t) {
 
 std::string Shape(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
 
-absl::Status InspectSharded(const std::string& dir, Inspection& out) {
+absl::Status InspectSharded(const std::string& dir, const LoadOptions& load, Inspection& out) {
   FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<dcp::CheckpointReader> reader,
-                          dcp::CheckpointReader::Open(dir));
+                          dcp::CheckpointReader::Open(dir, load));
   const dcp::Metadata& md = reader->metadata();
   out.format = "sharded";
   out.detail = absl::StrCat("PyTorch DCP, version ", md.version ? *md.version : "(none)");
@@ -204,7 +204,7 @@ absl::Status InspectSharded(const std::string& dir, Inspection& out) {
   }
   const std::string meta_path = LightningMetaPath(dir);
   if (fs::is_regular_file(meta_path, ec)) {
-    FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> f, TorchFile::Open(meta_path));
+    FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> f, TorchFile::Open(meta_path, load));
     return Walk(f->root(), "", kLightningMetaFile, out);
   }
   return absl::OkStatus();
@@ -220,7 +220,7 @@ std::string Dump(const nlohmann::ordered_json& j) {
 
 std::string JsonString(const std::string& s) { return Dump(nlohmann::ordered_json(s)); }
 
-absl::StatusOr<Inspection> Inspect(const std::string& path_arg) {
+absl::StatusOr<Inspection> Inspect(const std::string& path_arg, const LoadOptions& load) {
   const std::string path = StripTrailingSlashes(path_arg);
   Inspection out;
   out.path = path;
@@ -230,10 +230,10 @@ absl::StatusOr<Inspection> Inspect(const std::string& path_arg) {
   }
   FABRIC_ASSIGN_OR_RETURN(const CheckpointKind kind, DetectCheckpointKind(path));
   if (kind == CheckpointKind::kSharded) {
-    FABRIC_RETURN_IF_ERROR(InspectSharded(path, out));
+    FABRIC_RETURN_IF_ERROR(InspectSharded(path, load, out));
     return out;
   }
-  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> f, TorchFile::Open(path));
+  FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> f, TorchFile::Open(path, load));
   out.format = "single-file";
   out.detail = absl::StrCat("torch.save zip archive '", f->zip().archive_name(), "'");
   std::error_code ec;

@@ -10,6 +10,7 @@
 #include <c10/core/ScalarType.h>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/load_options.h"
 
 namespace fabric::tools {
 
@@ -58,7 +59,9 @@ struct Inspection {
 
 // Reads `.metadata` and the small non-tensor values (sharded), or the pickle
 // (single file); tensor bytes are not read.
-absl::StatusOr<Inspection> Inspect(const std::string& path);
+// What it reads (data.pkl, .metadata, bytes values, meta.pt) is checked
+// as every load checks it (LoadOptions).
+absl::StatusOr<Inspection> Inspect(const std::string& path, const LoadOptions& load = {});
 
 std::string InspectionText(const Inspection& inspection);
 std::string InspectionJson(const Inspection& inspection);

@@ -18,6 +18,7 @@
 #include "base/status_macros.h"
 #include "checkpoint/crc32.h"
 #include "checkpoint/dcp_metadata.h"
+#include "checkpoint/dcp_metadata_check.h"
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/file_io.h"
 #include "checkpoint/torch_save.h"
@@ -167,75 +168,33 @@ class Verifier {
 
   absl::Status Sharded(const std::string& dir);
 
+  absl::Status CheckItemCrc(const FileReader& file, const dcp::StorageInfo& info,
+                            const std::string& what) {
+    uint32_t crc = 0;
+    for (uint64_t pos = 0; pos < static_cast<uint64_t>(info.length);) {
+      const size_t n = static_cast<size_t>(
+          std::min<uint64_t>(kCrcBuffer, static_cast<uint64_t>(info.length) - pos));
+      if (buffer_.size() < n) buffer_.resize(n);
+      FABRIC_RETURN_IF_ERROR_PREFIX(file.ReadAt(info.offset + pos, buffer_.data(), n), what,
+                                    ": ");
+      crc = Crc32(crc, buffer_.data(), n);
+      pos += n;
+    }
+    if (crc != *info.item_crc32) {
+      return Bad(absl::StrCat(what, ": CRC-32 of the item's bytes [", info.offset, ", ",
+                              info.offset + info.length, ") is ", absl::Hex(crc),
+                              ", the metadata says ", absl::Hex(*info.item_crc32),
+                              " (damaged, or a file of another checkpoint)"));
+    }
+    return absl::OkStatus();
+  }
+
  private:
   const VerifyOptions& options_;
   VerifyReport report_;
   uint64_t done_ = 0, total_ = 0;
   std::string buffer_;
 };
-
-using IndexKey = std::pair<std::string, std::optional<std::vector<int64_t>>>;
-
-absl::Status CheckChunks(const std::string& fqn, const dcp::TensorStorageMetadata& t,
-                         const std::string& where) {
-  const size_t ndim = t.size.size();
-  int64_t numel = 1;
-  for (int64_t s : t.size) {
-    if (s < 0) return Bad(absl::StrCat(where, ": key '", fqn, "' has negative size ", Box(t.size)));
-    numel *= s;
-  }
-  if (t.chunks.empty() && numel > 0) {
-    return Bad(absl::StrCat(where, ": key '", fqn, "' has no chunks"));
-  }
-  int64_t covered = 0;
-  for (const auto& c : t.chunks) {
-    if (c.offsets.size() != ndim || c.sizes.size() != ndim) {
-      return Bad(absl::StrCat(where, ": key '", fqn, "': chunk at ", Box(c.offsets), " with sizes ",
-                              Box(c.sizes), " does not have the tensor's ", ndim, " dimensions"));
-    }
-    for (size_t d = 0; d < ndim; ++d) {
-      if (c.offsets[d] < 0 || c.sizes[d] < 0 || c.offsets[d] + c.sizes[d] > t.size[d]) {
-        return Bad(absl::StrCat(where, ": key '", fqn, "': chunk at ", Box(c.offsets),
-                                " with sizes ", Box(c.sizes), " leaves the tensor's bounds ",
-                                Box(t.size)));
-      }
-    }
-    covered += c.numel();
-  }
-  // Disjointness: sweep over dim 0 (0-dim tensors: at most one chunk).
-  std::vector<const dcp::ChunkStorageMetadata*> order;
-  for (const auto& c : t.chunks) {
-    if (c.numel() > 0) order.push_back(&c);
-  }
-  if (ndim == 0 && order.size() > 1) {
-    return Bad(absl::StrCat(where, ": key '", fqn, "' (0-dim) has ", order.size(), " chunks"));
-  }
-  if (ndim > 0) {
-    std::sort(order.begin(), order.end(),
-              [](auto* a, auto* b) { return a->offsets[0] < b->offsets[0]; });
-    for (size_t i = 0; i < order.size(); ++i) {
-      const auto& a = *order[i];
-      for (size_t j = i + 1; j < order.size() && order[j]->offsets[0] < a.offsets[0] + a.sizes[0];
-           ++j) {
-        const auto& b = *order[j];
-        bool overlap = true;
-        for (size_t d = 0; d < ndim && overlap; ++d) {
-          overlap = std::max(a.offsets[d], b.offsets[d]) <
-                    std::min(a.offsets[d] + a.sizes[d], b.offsets[d] + b.sizes[d]);
-        }
-        if (overlap) {
-          return Bad(absl::StrCat(where, ": key '", fqn, "': chunks at ", Box(a.offsets), " and ",
-                                  Box(b.offsets), " overlap"));
-        }
-      }
-    }
-  }
-  if (covered != numel) {
-    return Bad(absl::StrCat(where, ": key '", fqn, "': chunks cover ", covered, " of its ", numel,
-                            " elements"));
-  }
-  return absl::OkStatus();
-}
 
 absl::Status Verifier::Sharded(const std::string& dir) {
   report_.format = "sharded";
@@ -244,59 +203,17 @@ absl::Status Verifier::Sharded(const std::string& dir) {
   const dcp::Metadata& md = reader->metadata();
   const std::string where = absl::StrCat(dir, "/.metadata");
 
-  // Storage entries by key; each must be used by exactly one chunk or bytes key.
-  std::map<IndexKey, const dcp::StorageInfo*> storage;
-  for (const auto& [index, info] : md.storage_data) {
-    if (!storage.emplace(IndexKey{index.fqn, index.offset}, &info).second) {
-      return Bad(absl::StrCat(where, ": two storage entries for key '", index.fqn, "'",
-                              index.offset ? " at " + Box(*index.offset) : ""));
-    }
-  }
-  // What each storage entry must hold: a tensor chunk (dtype, sizes) or bytes.
-  struct Item {
-    std::string fqn;
-    const dcp::StorageInfo* info;
-    const dcp::TensorStorageMetadata* tensor = nullptr;  // null: bytes
-    std::vector<int64_t> chunk_offsets, chunk_sizes;
-  };
-  std::vector<Item> items;
-  std::map<IndexKey, bool> used;
-  for (const auto& [fqn, smd] : md.state_dict_metadata) {
-    if (const auto* t = std::get_if<dcp::TensorStorageMetadata>(&smd)) {
-      FABRIC_RETURN_IF_ERROR(CheckChunks(fqn, *t, where));
-      for (const auto& c : t->chunks) {
-        auto it = storage.find({fqn, c.offsets});
-        if (it == storage.end()) {
-          return Bad(absl::StrCat(where, ": key '", fqn, "': no storage entry for its chunk at ",
-                                  Box(c.offsets)));
-        }
-        used[it->first] = true;
-        items.push_back({fqn, it->second, t, c.offsets, c.sizes});
-      }
-    } else {
-      auto it = storage.find({fqn, std::nullopt});
-      if (it == storage.end()) {
-        return Bad(absl::StrCat(where, ": bytes key '", fqn, "' has no storage entry"));
-      }
-      used[it->first] = true;
-      items.push_back({fqn, it->second, nullptr, {}, {}});
-    }
-  }
-  for (const auto& [key, info] : storage) {
-    if (!used.count(key)) {
-      return Bad(absl::StrCat(where, ": storage entry for key '", key.first, "'",
-                              key.second ? " at " + Box(*key.second) : "",
-                              " belongs to no key or chunk"));
-    }
-  }
+  // The metadata's own consistency (shared with every load).
+  FABRIC_ASSIGN_OR_RETURN(const std::vector<dcp::MetadataItem> items,
+                          dcp::CheckMetadata(md, where));
   report_.keys = static_cast<int64_t>(md.state_dict_metadata.size());
 
   // Byte ranges: files exist, ranges inside them, no two items overlapping.
   std::map<std::string, std::shared_ptr<FileReader>> files;
-  std::map<std::string, std::vector<const Item*>> by_file;
+  std::map<std::string, uint64_t> sizes;
   std::error_code ec;
   uint64_t total = 0;
-  for (const Item& item : items) {
+  for (const dcp::MetadataItem& item : items) {
     const dcp::StorageInfo& info = *item.info;
     const std::string file = (fs::path(dir) / info.relative_path).string();
     if (info.transform_descriptors && !info.transform_descriptors->empty()) {
@@ -315,41 +232,23 @@ absl::Status Verifier::Sharded(const std::string& dir) {
                                          "'): ", f.status().message()));
       }
       files[info.relative_path] = *f;
+      sizes[info.relative_path] = (*f)->size();
     }
-    const uint64_t size = files[info.relative_path]->size();
-    if (info.offset < 0 || info.length < 0 ||
-        static_cast<uint64_t>(info.offset) + static_cast<uint64_t>(info.length) > size) {
-      return Bad(absl::StrCat("truncated shard file ", file, ": key '", item.fqn,
-                              "' needs bytes [", info.offset, ", ", info.offset + info.length,
-                              ") but the file has ", size));
-    }
-    by_file[info.relative_path].push_back(&item);
     total += static_cast<uint64_t>(info.length);
   }
-  for (auto& [name, list] : by_file) {
-    std::sort(list.begin(), list.end(),
-              [](const Item* a, const Item* b) { return a->info->offset < b->info->offset; });
-    for (size_t i = 1; i < list.size(); ++i) {
-      const dcp::StorageInfo& a = *list[i - 1]->info;
-      if (a.offset + a.length > list[i]->info->offset) {
-        return Bad(absl::StrCat("shard file '", (fs::path(dir) / name).string(), "': keys '",
-                                list[i - 1]->fqn, "' and '", list[i]->fqn,
-                                "' have overlapping byte ranges"));
-      }
-    }
-  }
-  const std::string meta_path = LightningMetaPath(dir);
+  FABRIC_RETURN_IF_ERROR(dcp::CheckItemRanges(items, sizes, dir));
+  const std::string meta_path = (fs::path(dir) / kLightningMetaFile).string();
   const bool has_meta = fs::is_regular_file(meta_path, ec);
   if (has_meta) total += fs::file_size(meta_path, ec);
   set_total(total);
   Progress();
 
   // Every item: a well-formed archive holding what the metadata says.
-  for (const Item& item : items) {
+  for (const dcp::MetadataItem& item : items) {
     const dcp::StorageInfo& info = *item.info;
     const std::string what =
         absl::StrCat("'", (fs::path(dir) / info.relative_path).string(), "' key '", item.fqn, "'",
-                     item.tensor ? " chunk at " + Box(item.chunk_offsets) : "");
+                     item.tensor ? " chunk at " + Box(item.chunk->offsets) : "");
     absl::StatusOr<std::unique_ptr<TorchFile>> f =
         TorchFile::Open(files[info.relative_path], info.offset, info.length);
     if (!f.ok()) {
@@ -366,13 +265,16 @@ absl::Status Verifier::Sharded(const std::string& dir) {
                                 ", the metadata says ",
                                 c10::toString(item.tensor->properties.dtype)));
       }
-      if (r.sizes != item.chunk_sizes) {
+      if (r.sizes != item.chunk->sizes) {
         return Bad(absl::StrCat(what, ": tensor has shape ", Box(r.sizes),
-                                ", the metadata's chunk ", Box(item.chunk_sizes)));
+                                ", the metadata's chunk ", Box(item.chunk->sizes)));
       }
     }
     FABRIC_RETURN_IF_ERROR(CheckRefs(**f, root, what));
     FABRIC_RETURN_IF_ERROR(CheckCrcs(**f, what));
+    if (info.item_crc32) {  // our writer's checksum of the whole item
+      FABRIC_RETURN_IF_ERROR(CheckItemCrc(*files[info.relative_path], info, what));
+    }
   }
   if (has_meta) {
     FABRIC_RETURN_IF_ERROR(SingleFile(meta_path));

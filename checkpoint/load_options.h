@@ -1,0 +1,20 @@
+// LoadOptions: how every load reads a checkpoint (FabricOptions and the CLI
+// set it; strategies, TorchFile and the DCP reader follow it).
+#ifndef FABRIC_CHECKPOINT_LOAD_OPTIONS_H_
+#define FABRIC_CHECKPOINT_LOAD_OPTIONS_H_
+
+namespace fabric {
+
+struct LoadOptions {
+  // Check every byte a load reads: each zip record against its archive's
+  // CRC-32 (single files, every DCP item, meta.pt), and DCP items against the
+  // item CRC our writer records in .metadata. A mismatch is DataLoss naming
+  // the file, the state-dict key and the byte range, and the live model and
+  // optimizer are left as they were. Off: records are not checksummed (the
+  // structural checks of zip, pickle and .metadata stay).
+  bool verify_checksums = true;
+};
+
+}  // namespace fabric
+
+#endif  // FABRIC_CHECKPOINT_LOAD_OPTIONS_H_

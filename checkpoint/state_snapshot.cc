@@ -1,0 +1,153 @@
+#include "checkpoint/state_snapshot.h"
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "checkpoint/optimizer_state.h"
+
+namespace fabric {
+namespace {
+
+// The same tree with every tensor cloned.
+Value CloneTensors(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kTensor:
+      return Value(v.as_tensor().detach().clone());
+    case Value::Kind::kList:
+    case Value::Kind::kTuple: {
+      std::vector<Value> items;
+      items.reserve(v.items().size());
+      for (const Value& item : v.items()) items.push_back(CloneTensors(item));
+      return v.is_list() ? Value::List(std::move(items)) : Value::Tuple(std::move(items));
+    }
+    case Value::Kind::kDict: {
+      Dict d;
+      for (const auto& [k, item] : v.as_dict()) d.Set(k, CloneTensors(item));
+      return Value(std::move(d));
+    }
+    default:
+      return v;
+  }
+}
+
+uint64_t TensorBytes(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kTensor:
+      return v.as_tensor().defined() ? v.as_tensor().nbytes() : 0;
+    case Value::Kind::kList:
+    case Value::Kind::kTuple: {
+      uint64_t n = 0;
+      for (const Value& item : v.items()) n += TensorBytes(item);
+      return n;
+    }
+    case Value::Kind::kDict: {
+      uint64_t n = 0;
+      for (const auto& [k, item] : v.as_dict()) n += TensorBytes(item);
+      return n;
+    }
+    default:
+      return 0;
+  }
+}
+
+}  // namespace
+
+void StateSnapshot::AddModule(torch::nn::Module& module, const ParamsOf& params_of) {
+  auto add = [&](const at::Tensor& t) {
+    if (!t.defined()) return;
+    // In host memory: a GPU model's snapshot must not halve what the device
+    // has left for the load itself.
+    tensors_.emplace_back(t, t.detach().to(at::kCPU, t.scalar_type(), /*non_blocking=*/false,
+                                           /*copy=*/true));
+    bytes_ += t.nbytes();
+  };
+  std::optional<std::vector<at::Tensor>> own;
+  if (params_of) own = params_of(module);
+  if (own.has_value()) {
+    for (const at::Tensor& t : *own) add(t);
+  } else {
+    for (const auto& p : module.named_parameters(/*recurse=*/true)) add(p.value());
+  }
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) add(b.value());
+}
+
+absl::Status StateSnapshot::AddOptimizer(torch::optim::Optimizer& optimizer) {
+  FABRIC_ASSIGN_OR_RETURN(Dict d, OptimizerStateDict(optimizer));
+  Value copy = CloneTensors(Value(std::move(d)));
+  bytes_ += TensorBytes(copy);
+  optimizers_.emplace_back(&optimizer, copy.as_dict());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StateSnapshot> StateSnapshot::Of(const State& state, const ParamsOf& params_of) {
+  StateSnapshot s;
+  for (const auto& [key, entry] : state.entries()) {
+    switch (entry.kind()) {
+      case StateEntry::Kind::kModule:
+        s.AddModule(entry.module(), params_of);
+        break;
+      case StateEntry::Kind::kOptimizer:
+        FABRIC_RETURN_IF_ERROR_PREFIX(s.AddOptimizer(entry.optimizer()), "state entry '", key,
+                                      "': ");
+        break;
+      case StateEntry::Kind::kValue:
+        s.values_.emplace_back(key, entry.value());
+        break;
+    }
+  }
+  return s;
+}
+
+StateSnapshot StateSnapshot::Of(torch::nn::Module& module, const ParamsOf& params_of) {
+  StateSnapshot s;
+  s.AddModule(module, params_of);
+  return s;
+}
+
+absl::StatusOr<StateSnapshot> StateSnapshot::Of(torch::optim::Optimizer& optimizer) {
+  StateSnapshot s;
+  FABRIC_RETURN_IF_ERROR(s.AddOptimizer(optimizer));
+  return s;
+}
+
+absl::Status StateSnapshot::Restore() const {
+  {
+    c10::NoGradGuard no_grad;
+    for (const auto& [live, copy] : tensors_) {
+      at::Tensor t = live;
+      t.copy_(copy);
+    }
+  }
+  for (const auto& [optimizer, dict] : optimizers_) {
+    FABRIC_RETURN_IF_ERROR(LoadOptimizerState(*optimizer, dict));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StateSnapshot::Restore(State& state) const {
+  FABRIC_RETURN_IF_ERROR(Restore());
+  for (auto& [key, entry] : state.entries()) {
+    if (!entry.is_value()) continue;
+    for (const auto& [k, v] : values_) {
+      if (k == key) entry.value() = v;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RestoreOnFailure(const StateSnapshot& snapshot, State* state, absl::Status load) {
+  if (load.ok()) return load;
+  const absl::Status restored = state ? snapshot.Restore(*state) : snapshot.Restore();
+  if (restored.ok()) return load;
+  return absl::Status(load.code(),
+                      absl::StrCat(load.message(), "; restoring the state as it was before the "
+                                                   "load failed too: ",
+                                   restored.message()));
+}
+
+}  // namespace fabric

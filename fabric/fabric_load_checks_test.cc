@@ -1,0 +1,152 @@
+// Loads through Fabric are checked and all or nothing: a checkpoint with one
+// damaged byte is refused naming the file and key, and the live model,
+// optimizer and values hold exactly what they held before the call.
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/optim/adam.h>
+
+#include "checkpoint/optimizer_state.h"
+#include "checkpoint/torch_save.h"
+#include "fabric/fabric.h"
+
+namespace fabric {
+namespace {
+
+std::string TmpPath(const std::string& name) {
+  return std::string(std::getenv("TEST_TMPDIR")) + "/" + name;
+}
+
+std::unique_ptr<Fabric> CpuFabric(bool verify = true) {
+  FabricOptions options;
+  options.accelerator = "cpu";
+  options.verify_checksums = verify;
+  auto f = Fabric::Create(options);
+  EXPECT_TRUE(f.ok()) << f.status();
+  return *std::move(f);
+}
+
+torch::nn::Sequential Net() {
+  return torch::nn::Sequential(torch::nn::Linear(4, 8), torch::nn::Linear(8, 2));
+}
+
+void Step(torch::nn::Sequential& net, torch::optim::Optimizer& opt) {
+  opt.zero_grad();
+  net->forward(torch::ones({3, 4})).pow(2).sum().backward();
+  opt.step();
+}
+
+// Every tensor of the model and the optimizer, as bytes.
+std::vector<at::Tensor> Snapshot(torch::nn::Sequential& net, torch::optim::Optimizer& opt) {
+  std::vector<at::Tensor> out;
+  for (const auto& p : net->named_parameters()) out.push_back(p.value().detach().clone());
+  absl::StatusOr<Dict> d = OptimizerStateDict(opt);
+  EXPECT_TRUE(d.ok());
+  for (const auto& [idx, per_param] : d->Find("state")->as_dict()) {
+    for (const auto& [k, v] : per_param.as_dict()) {
+      if (v.is_tensor()) out.push_back(v.as_tensor().clone());
+    }
+  }
+  return out;
+}
+
+bool Same(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].sizes().equals(b[i].sizes()) || !at::equal(a[i], b[i])) return false;
+  }
+  return true;
+}
+
+// Flips a byte inside the last storage record of the file: the optimizer's
+// state, read after the model's weights were already read into place.
+std::string FlipLastStorage(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(path);
+  EXPECT_TRUE(f.ok()) << f.status();
+  uint64_t at = 0;
+  std::string key;
+  for (const ZipReader::Entry& e : (*f)->zip().entries()) {
+    if (e.name.rfind("data/", 0) == 0 && e.size > 0 && e.data_offset > at) {
+      at = e.data_offset + e.size / 2;
+      key = (*f)->KeyOf(e.name.substr(5));
+    }
+  }
+  std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
+  io.seekg(static_cast<std::streamoff>(at));
+  char c = 0;
+  io.read(&c, 1);
+  c = static_cast<char>(c ^ 0x01);
+  io.seekp(static_cast<std::streamoff>(at));
+  io.write(&c, 1);
+  return key;
+}
+
+TEST(FabricLoadChecks, RefusedLoadLeavesModelAndOptimizerAsTheyWere) {
+  auto fabric = CpuFabric();
+  auto net = Net();
+  ASSERT_TRUE(fabric->SetupModule(net.ptr()).ok());
+  auto opt = std::make_shared<torch::optim::Adam>(net->parameters(), 1e-2);
+  Step(net, *opt);
+  const std::string path = TmpPath("flipped.pt");
+  State saved{{"model", net.ptr()}, {"optimizer", opt}, {"step", 1}};
+  ASSERT_TRUE(fabric->Save(path, saved).ok());
+  const std::string key = FlipLastStorage(path);
+  ASSERT_FALSE(key.empty());
+
+  // Train on, so that the live state differs from the file everywhere.
+  Step(net, *opt);
+  Step(net, *opt);
+  const std::vector<at::Tensor> before = Snapshot(net, *opt);
+  State state{{"model", net.ptr()}, {"optimizer", opt}, {"step", 3}};
+  absl::StatusOr<Dict> rest = fabric->Load(path, state);
+  ASSERT_FALSE(rest.ok());
+  EXPECT_EQ(rest.status().code(), absl::StatusCode::kDataLoss) << rest.status();
+  EXPECT_NE(rest.status().message().find(path), std::string::npos) << rest.status();
+  EXPECT_NE(rest.status().message().find("'" + key + "'"), std::string::npos) << rest.status();
+  EXPECT_TRUE(Same(Snapshot(net, *opt), before)) << "a refused load changed the live state";
+  EXPECT_EQ(state["step"].value().as_int(), 3);
+
+  // LoadRaw of the optimizer's part alone is refused the same way.
+  const std::string raw = TmpPath("raw_opt.pt");
+  absl::StatusOr<Dict> opt_dict = OptimizerStateDict(*opt);
+  ASSERT_TRUE(opt_dict.ok());
+  ASSERT_TRUE(TorchSave(raw, Value(*opt_dict)).ok());
+  FlipLastStorage(raw);
+  Step(net, *opt);
+  const std::vector<at::Tensor> before_raw = Snapshot(net, *opt);
+  EXPECT_FALSE(fabric->LoadRaw(raw, *opt).ok());
+  EXPECT_TRUE(Same(Snapshot(net, *opt), before_raw));
+
+  // With the checks off the damaged file loads (the caller asked for it).
+  auto unchecked = CpuFabric(/*verify=*/false);
+  State again{{"model", net.ptr()}, {"optimizer", opt}, {"step", 3}};
+  EXPECT_TRUE(unchecked->Load(path, again).ok());
+  EXPECT_FALSE(Same(Snapshot(net, *opt), before_raw));
+}
+
+// An intact checkpoint still loads in full (the snapshot is dropped).
+TEST(FabricLoadChecks, IntactLoadRestoresTheSavedState) {
+  auto fabric = CpuFabric();
+  auto net = Net();
+  ASSERT_TRUE(fabric->SetupModule(net.ptr()).ok());
+  auto opt = std::make_shared<torch::optim::Adam>(net->parameters(), 1e-2);
+  Step(net, *opt);
+  const std::string path = TmpPath("intact.pt");
+  State saved{{"model", net.ptr()}, {"optimizer", opt}, {"step", 1}};
+  ASSERT_TRUE(fabric->Save(path, saved).ok());
+  const std::vector<at::Tensor> at_save = Snapshot(net, *opt);
+  Step(net, *opt);
+  State state{{"model", net.ptr()}, {"optimizer", opt}, {"step", 0}};
+  ASSERT_TRUE(fabric->Load(path, state).ok());
+  EXPECT_TRUE(Same(Snapshot(net, *opt), at_save));
+  EXPECT_EQ(state["step"].value().as_int(), 1);
+}
+
+}  // namespace
+}  // namespace fabric
