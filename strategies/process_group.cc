@@ -665,7 +665,7 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
                                                             absl::Seconds(5))));
         }
       } else if (store_error.empty()) {
-        impl->fabric_store->set(absl::StrCat("diagnosed/", cluster.rank), {1});
+        impl->fabric_store->set(absl::StrCat("diagnosed/", cluster.rank), std::vector<uint8_t>{1});
       }
     } catch (const std::exception&) {
       // A rank that never asks (it died) ends the wait at its timeout.
