@@ -64,7 +64,7 @@ void UnlinkStaleRemains(const std::string& path) {
     for (const std::string& prefix : prefixes) {
       if (name.compare(0, prefix.size(), prefix) != 0) continue;
       const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
-      if (pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+      if (ProcessIsGone(pid)) {
         UnlinkInBackground(absl::StrCat(DirName(path), "/", name));
       }
     }

@@ -1,5 +1,10 @@
 #include "checkpoint/fs_util.h"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -58,6 +63,10 @@ absl::Status FsyncDirectory(const std::string& path) {
   }
   close(fd);
   return s;
+}
+
+bool ProcessIsGone(long pid) {
+  return pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
 }
 
 }  // namespace fabric

@@ -23,6 +23,10 @@ absl::Status EnsureDirectory(const std::string& path);
 // Makes a directory's entries (created, renamed files) durable.
 absl::Status FsyncDirectory(const std::string& path);
 
+// True when `pid` named a process of this host that has ended (not this one):
+// how temps named after their writer's pid are known to be abandoned.
+bool ProcessIsGone(long pid);
+
 }  // namespace fabric
 
 #endif  // FABRIC_CHECKPOINT_FS_UTIL_H_

@@ -74,8 +74,7 @@ namespace {
 // After `path` was committed: removes what killed saves and removals of it
 // left beside it: deleting remains, and saving folders whose process is gone.
 bool ProcessGone(const std::string& name, size_t pid_at) {
-  const long pid = std::strtol(name.c_str() + pid_at, nullptr, 10);
-  return pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+  return ProcessIsGone(std::strtol(name.c_str() + pid_at, nullptr, 10));
 }
 
 // After `path` was committed: removes what killed saves and removals of it

@@ -23,6 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "checkpoint/fs_util.h"
 
 namespace fabric::strategies {
 namespace {
@@ -86,7 +87,7 @@ void RemoveStaleTokens(const std::string& dir) {
     const std::string name = e.path().filename().string();
     if (!absl::StartsWith(name, kTokenPrefix)) continue;
     const long pid = std::strtol(name.c_str() + std::strlen(kTokenPrefix), nullptr, 10);
-    if (pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+    if (ProcessIsGone(pid)) {
       fs::remove(e.path(), ec);
     }
   }
