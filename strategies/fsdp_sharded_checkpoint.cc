@@ -129,16 +129,15 @@ absl::Status FsdpSaveSharded(const std::string& dir, const State& state,
                              const FsdpCheckpointOptions& options) {
   const std::vector<Entry> entries = ResolveEntries(state, wrapper_of);
   const int rank = RankOf(ctx), world = WorldOf(ctx);
-  // Over an existing checkpoint (file or folder) the new one is written
-  // beside it and swapped in once committed, so the old one stays loadable
-  // until then. Rank 0 picks the folder; every rank writes there.
+  // The new checkpoint is written beside the path and swapped (or renamed)
+  // in once committed, so an old one stays loadable until then. Rank 0 picks the folder; every rank writes there.
   std::string target = dir;
   absl::Status prep;
   if (rank == 0) {
     const std::string name = StripTrailingSlashes(dir);
-    if (StatCheckpoint(name).exists_as_checkpoint()) {
-      target = absl::StrCat(DirName(name), "/", SavingName(BaseName(name)));
-    }
+    // Always beside it, even for a first save: a kill then leaves only a
+    // hidden temp, never an incomplete folder at the path itself.
+    target = absl::StrCat(DirName(name), "/", SavingName(BaseName(name)));
     prep = dcp::PrepareCheckpointDir(target);
   }
   FABRIC_RETURN_IF_ERROR(ShareStatus(ctx, prep));
