@@ -12,6 +12,7 @@
 #include "checkpoint/safetensors_module.h"
 #include "checkpoint/load_options.h"
 #include "checkpoint/state_snapshot.h"
+#include "checkpoint/staging.h"
 #include "strategies/cluster_environment.h"
 #include "strategies/ddp_strategy.h"
 #include "strategies/fsdp_safetensors.h"
@@ -36,6 +37,8 @@ LoadOptions LoadOptionsOf(const FabricOptions& options) {
 Fabric::Fabric(const FabricOptions& options) : options_(options) {}
 
 Fabric::~Fabric() {
+  if (absl::Status s = WaitForSave(); !s.ok()) std::cerr << "fabric: " << s << std::endl;
+  async_.reset();
   if (launcher_ && launcher_->is_launcher()) {
     // Leave the group first: local ranks still waiting on this one fail at
     // once instead of at the collective timeout.
@@ -164,6 +167,7 @@ absl::Status Fabric::EnsureStrategy() {
 }
 
 absl::Status Fabric::Finish(absl::Duration timeout) {
+  FABRIC_RETURN_IF_ERROR(WaitForSave());
   if (!launcher_ || !launcher_->is_launcher()) return absl::OkStatus();
   absl::Status s = launcher_->Finish(timeout);
   launcher_.reset();
@@ -247,6 +251,7 @@ absl::Status Fabric::CheckSharedFolder(const std::string& dir) {
 
 absl::Status Fabric::Save(const std::string& path, const State& state, const StateFilter& filter) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  FABRIC_RETURN_IF_ERROR(WaitForSave());
   FABRIC_RETURN_IF_ERROR(CheckSharedFolder(FolderOf(path)));
   return strategy_->Save(path, state, filter);
 }
@@ -258,8 +263,37 @@ absl::Status Fabric::AllOrNothing(const StateSnapshot& snapshot, State* state,
   return RestoreOnFailure(snapshot, state, std::move(load));
 }
 
+absl::StatusOr<SaveHandle> Fabric::SaveAsync(const std::string& path, const State& state,
+                                             const StateFilter& filter) {
+  FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  FABRIC_RETURN_IF_ERROR(WaitForSave());
+  FABRIC_RETURN_IF_ERROR(CheckSharedFolder(FolderOf(path)));
+  if (!async_) async_ = std::make_unique<strategies::AsyncCheckpointer>();
+  if (context_ && !checkpoint_context_) {
+    FABRIC_ASSIGN_OR_RETURN(checkpoint_context_, context_->NewGroup("checkpoint"));
+  }
+  const absl::Time t0 = absl::Now();
+  StagingBuffers& buffers = async_->buffers();
+  buffers.BeginStaging();
+  absl::StatusOr<strategies::StagedWrite> write =
+      strategy_->StageSave(path, state, filter, &buffers);
+  buffers.EndStaging();
+  FABRIC_RETURN_IF_ERROR(write.status());
+  return async_->Start(path, *std::move(write), checkpoint_context_.get(), absl::Now() - t0);
+}
+
+absl::Status Fabric::WaitForSave() {
+  if (!async_) return absl::OkStatus();
+  return async_->WaitForPending();
+}
+
+strategies::AsyncSaveTimes Fabric::last_async_save() const {
+  return async_ ? async_->last_times() : strategies::AsyncSaveTimes{};
+}
+
 absl::StatusOr<Dict> Fabric::Load(const std::string& path, State& state, bool strict) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  FABRIC_RETURN_IF_ERROR(WaitForSave());
   FABRIC_RETURN_IF_ERROR(CheckSameCheckpoint(path));
   FABRIC_ASSIGN_OR_RETURN(const StateSnapshot snapshot, StateSnapshot::Of(state, ShardsOf()));
   absl::StatusOr<Dict> rest = strategy_->Load(path, state, strict);
@@ -269,12 +303,14 @@ absl::StatusOr<Dict> Fabric::Load(const std::string& path, State& state, bool st
 
 absl::StatusOr<Dict> Fabric::Load(const std::string& path) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  FABRIC_RETURN_IF_ERROR(WaitForSave());
   FABRIC_RETURN_IF_ERROR(CheckSameCheckpoint(path));
   return strategy_->LoadAll(path);
 }
 
 absl::Status Fabric::LoadRaw(const std::string& path, torch::nn::Module& module, bool strict) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
+  FABRIC_RETURN_IF_ERROR(WaitForSave());
   const StateSnapshot snapshot = StateSnapshot::Of(module, ShardsOf());
   absl::Status loaded;
   if (IsSafetensorsPath(path)) {

@@ -39,6 +39,7 @@
 #include "checkpoint/state_filter.h"
 #include "checkpoint/state_io.h"
 #include "checkpoint/state_snapshot.h"
+#include "strategies/async_checkpointer.h"
 #include "strategies/fsdp.h"
 
 namespace fabric {
@@ -47,6 +48,9 @@ class Strategy;
 class Launcher;
 class DistributedContext;
 }  // namespace strategies
+
+// An asynchronous save in flight (Fabric::SaveAsync): Wait() for its verdict.
+using SaveHandle = strategies::SaveHandle;
 
 struct FabricOptions {
   // "cpu", "cuda" (or "gpu") or "auto" (cuda when available).
@@ -158,6 +162,27 @@ class Fabric {
   // Python's torch.load reads. Atomic: the previous file stays intact until
   // the new one is complete on disk.
   absl::Status Save(const std::string& path, const State& state, const StateFilter& filter = {});
+  // Saves like Save, asynchronously (docs/async-checkpoints.md): returns once
+  // this rank's part of `state` is copied into host buffers the save owns
+  // (CUDA: once the device-to-host copies into pinned memory are enqueued on
+  // a side stream; the GPU's next kernel, the optimizer step, waits for
+  // them). Writing, the ranks' agreement and the commit then run on a
+  // background thread, over a process group of their own. The checkpoint
+  // holds `state` as it was at the call, bit for bit, and is complete only
+  // once committed on every rank, exactly as a synchronous one. At most one
+  // save is in flight: a second save (either kind), Load, Finish and the
+  // destructor first wait for it, and a background failure comes back,
+  // with the path and the cause, from the handle's Wait() or else from the
+  // next of these calls. Memory: the staging buffers hold one copy of what
+  // this rank writes and are reused by the next save of the same state.
+  absl::StatusOr<SaveHandle> SaveAsync(const std::string& path, const State& state,
+                                       const StateFilter& filter = {});
+  // Waits for the save in flight, if any; its verdict (OK when none, or
+  // when its failure was already reported).
+  absl::Status WaitForSave();
+  // Of the last asynchronous save that was waited for.
+  strategies::AsyncSaveTimes last_async_save() const;
+
   // Restores `state` in place; returns the entries it did not ask for.
   absl::StatusOr<Dict> Load(const std::string& path, State& state, bool strict = true);
   // Everything in the checkpoint.
@@ -210,6 +235,9 @@ class Fabric {
   std::shared_ptr<strategies::DistributedContext> context_;
   std::unique_ptr<strategies::Strategy> strategy_;
   absl::flat_hash_set<std::string> shared_folders_;  // CheckSharedFolder passed
+  // Checkpoints only: made by the first SaveAsync of a multi-process run.
+  std::shared_ptr<strategies::DistributedContext> checkpoint_context_;
+  std::unique_ptr<strategies::AsyncCheckpointer> async_;
 };
 
 }  // namespace fabric

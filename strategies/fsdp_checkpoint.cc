@@ -16,6 +16,15 @@ absl::Status FsdpSaveCheckpoint(const std::string& path, const State& state,
   return FsdpSaveSharded(path, state, wrapper_of, context, options);
 }
 
+StagedWrite FsdpStageCheckpoint(const std::string& path, const State& state,
+                                const FsdpWrapperOf& wrapper_of, const DistributedContext* context,
+                                const FsdpCheckpointOptions& options, StagingBuffers* staging) {
+  if (options.state_dict_type == StateDictType::kFull) {
+    return FsdpStageFull(path, state, wrapper_of, context, options, staging);
+  }
+  return FsdpStageSharded(path, state, wrapper_of, context, options, staging);
+}
+
 absl::StatusOr<Dict> FsdpLoadCheckpoint(const std::string& path, State& state,
                                         const FsdpWrapperOf& wrapper_of,
                                         const FsdpCheckpointOptions& options) {

@@ -21,6 +21,11 @@
 #include "checkpoint/value.h"
 #include "strategies/fsdp_checkpoint_options.h"
 #include "strategies/process_group.h"
+#include "strategies/staged_write.h"
+
+namespace fabric {
+class StagingBuffers;
+}  // namespace fabric
 
 namespace fabric::strategies {
 
@@ -31,6 +36,13 @@ namespace fabric::strategies {
 absl::Status FsdpSaveCheckpoint(const std::string& path, const State& state,
                                 const FsdpWrapperOf& wrapper_of, DistributedContext* context,
                                 const FsdpCheckpointOptions& options = {});
+
+// The first half of FsdpSaveCheckpoint: plans this rank's part and copies it
+// through `staging` (the asynchronous save); the returned write does the rest
+// over the group it is given. Not a collective.
+StagedWrite FsdpStageCheckpoint(const std::string& path, const State& state,
+                                const FsdpWrapperOf& wrapper_of, const DistributedContext* context,
+                                const FsdpCheckpointOptions& options, StagingBuffers* staging);
 
 // Loads `path` (a DCP folder or a torch.save file, told apart by what is on
 // disk) into the modules, optimizers and value entries of `state`, whatever

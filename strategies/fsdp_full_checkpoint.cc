@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -18,6 +19,7 @@
 #include "checkpoint/checkpoint_kind.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/optimizer_state.h"
+#include "checkpoint/staging.h"
 #include "checkpoint/tensor_value.h"
 #include "checkpoint/torch_save.h"
 #include "strategies/fsdp_checkpoint_internal.h"
@@ -28,14 +30,15 @@ using namespace fsdp_internal;  // NOLINT: this file implements them
 
 namespace {
 
+using Emit = std::function<absl::Status(const at::Tensor&)>;
+
+// One storage of the file: a tensor rank 0 holds whole, or (with `layout`) a
+// sharded one that every rank streams its rows of, in the same order.
 struct PendingRecord {
   std::string key;
-  // Emits the record's bytes as pieces, in order, to `emit` (collective for
-  // sharded tensors: every rank calls it, in the same order).
-  std::function<absl::Status(const std::function<absl::Status(const at::Tensor&)>& emit)> produce;
+  at::Tensor local;
+  std::optional<FsdpParamInfo> layout;  // its `shard` left empty
 };
-
-using Emit = std::function<absl::Status(const at::Tensor&)>;
 
 // Bytes of one collective while streaming a sharded tensor to rank 0.
 constexpr int64_t kStreamChunkBytes = int64_t{16} << 20;
@@ -44,11 +47,9 @@ constexpr int64_t kStreamChunkBytes = int64_t{16} << 20;
 // `local`, to rank 0's `emit` in row order: rank 0's rows straight from its
 // memory, every other rank's broadcast by that rank in chunks of at most
 // kStreamChunkBytes. Peak memory: one chunk (no rank assembles the tensor).
-absl::Status StreamSharded(FullyShardedDataParallel& fsdp, int index, const at::Tensor& local,
+absl::Status StreamSharded(const FsdpParamInfo& p, DistributedContext* ctx, const at::Tensor& local,
                            const Emit& emit) {
-  const FsdpParamInfo& p = fsdp.params()[index];
-  DistributedContext& ctx = fsdp.context();
-  const int rank = ctx.rank(), world = ctx.world_size();
+  const int rank = RankOf(ctx), world = WorldOf(ctx);
   at::Tensor flat = local.detach().reshape({-1});
   if (flat.numel() != p.local_rows * p.row_numel) {
     return absl::InvalidArgumentError(absl::StrCat(p.fqn, ": local tensor of ", flat.numel(),
@@ -68,8 +69,8 @@ absl::Status StreamSharded(FullyShardedDataParallel& fsdp, int index, const at::
     for (int64_t off = 0; off < numel; off += chunk) {
       const int64_t n = std::min(chunk, numel - off);
       at::Tensor buf = rank == r ? flat.narrow(0, off, n)
-                                 : at::empty({n}, flat.options().device(ctx.device()));
-      FABRIC_RETURN_IF_ERROR(ctx.Broadcast(buf, r));
+                                 : at::empty({n}, flat.options().device(ctx->device()));
+      FABRIC_RETURN_IF_ERROR(ctx->Broadcast(buf, r));
       if (rank == 0) FABRIC_RETURN_IF_ERROR(emit(buf));
     }
   }
@@ -82,7 +83,7 @@ Value RefTensors(const Value& v, std::vector<PendingRecord>* records) {
     case Value::Kind::kTensor: {
       const std::string key = std::to_string(records->size());
       at::Tensor t = v.as_tensor().detach();
-      records->push_back({key, [t](const Emit& emit) { return emit(t); }});
+      records->push_back({key, t, std::nullopt});
       TensorRef ref = RefFor(key, t.scalar_type(), t.sizes().vec());
       ref.requires_grad = false;
       return Value(std::move(ref));
@@ -103,12 +104,18 @@ Value RefTensors(const Value& v, std::vector<PendingRecord>* records) {
   }
 }
 
-}  // namespace
+// A sharded tensor's layout, without the live shard.
+FsdpParamInfo Layout(const FsdpParamInfo& info) {
+  FsdpParamInfo layout = info;
+  layout.shard = at::Tensor();
+  return layout;
+}
 
-absl::Status FsdpSaveFull(const std::string& path, const State& state,
-                          const FsdpWrapperOf& wrapper_of, DistributedContext* ctx,
-                          const FsdpCheckpointOptions& options) {
-  const std::vector<Entry> entries = ResolveEntries(state, wrapper_of);
+// Rank 0 streams the tree and every record to `path`; the others send their
+// rows of the sharded records. `build` is this rank's planning verdict.
+absl::Status WriteFull(const std::string& path, const Dict& root,
+                       const std::vector<PendingRecord>& records, const absl::Status& build,
+                       DistributedContext* ctx, const FsdpCheckpointOptions& options) {
   const int rank = RankOf(ctx);
   absl::Status prep;
   if (rank == 0 && StatCheckpoint(path).is_sharded()) {
@@ -116,6 +123,65 @@ absl::Status FsdpSaveFull(const std::string& path, const State& state,
         absl::StrCat("the checkpoint path exists and is a directory: ", path));
   }
   FABRIC_RETURN_IF_ERROR(ShareStatus(ctx, prep));
+  // The same on every rank (pure functions of the state), but a failure on
+  // one rank must stop all before the gathers.
+  FABRIC_RETURN_IF_ERROR(AgreeOnStatus(ctx, build));
+
+  std::unique_ptr<TorchStreamWriter> writer;
+  absl::Status status;
+  if (rank == 0) {
+    TorchSaveOptions so;
+    so.direct_io = options.direct_io;
+    so.staging_bytes = size_t{32} << 20;  // within the "largest unit + 64 MiB" bound
+    absl::StatusOr<std::unique_ptr<TorchStreamWriter>> w =
+        TorchStreamWriter::Create(path, Value(root), so);
+    // Not returned here: the other ranks wait for this verdict.
+    if (w.ok()) {
+      writer = *std::move(w);
+    } else {
+      status = w.status();
+    }
+  }
+  FABRIC_RETURN_IF_ERROR(ShareStatus(ctx, status));
+  std::unordered_map<std::string, uint64_t> record_bytes;
+  if (writer != nullptr) {
+    for (const auto& [key, nbytes] : writer->StorageOrder()) record_bytes[key] = nbytes;
+  }
+  for (const PendingRecord& r : records) {
+    bool begun = false;
+    if (rank == 0 && status.ok()) {
+      status = writer->BeginStorage(r.key, record_bytes[r.key]);
+      begun = status.ok();
+    }
+    // Rank 0 appends every piece; a write error stops the writing but not
+    // the collectives, which the other ranks are in too.
+    const Emit emit = [&](const at::Tensor& t) -> absl::Status {
+      if (rank != 0 || !status.ok()) return absl::OkStatus();
+      at::Tensor c = t.detach().to(c10::kCPU).contiguous();
+      status = writer->AppendStorage(c.data_ptr(),
+                                     static_cast<uint64_t>(c.numel()) * c.element_size());
+      return absl::OkStatus();
+    };
+    // A failed collective: the group is unusable.
+    if (r.layout.has_value()) {
+      FABRIC_RETURN_IF_ERROR(StreamSharded(*r.layout, ctx, r.local, emit));
+    } else {
+      FABRIC_RETURN_IF_ERROR(emit(r.local));
+    }
+    if (begun && status.ok()) status = writer->EndStorage();
+  }
+  if (rank == 0 && status.ok()) status = writer->Commit();
+  writer.reset();
+  return ShareStatus(ctx, status);
+}
+
+}  // namespace
+
+StagedWrite FsdpStageFull(const std::string& path, const State& state,
+                          const FsdpWrapperOf& wrapper_of, const DistributedContext* ctx,
+                          const FsdpCheckpointOptions& options, StagingBuffers* staging) {
+  const std::vector<Entry> entries = ResolveEntries(state, wrapper_of);
+  const int rank = RankOf(ctx);
 
   // The tree (with TensorRefs) and, in the same order, how to produce each
   // record. Every rank builds both so that the gathers line up.
@@ -139,15 +205,11 @@ absl::Status FsdpSaveFull(const std::string& path, const State& state,
         const std::string key = next_key();
         if (it != index.end()) {
           const FsdpParamInfo& info = e.fsdp->params()[it->second];
-          FullyShardedDataParallel* fsdp = e.fsdp;
-          const int i = it->second;
-          records.push_back({key, [fsdp, i](const Emit& emit) {
-                               return StreamSharded(*fsdp, i, fsdp->params()[i].shard, emit);
-                             }});
+          records.push_back({key, info.shard.detach(), Layout(info)});
           sd.Set(name, Value(RefFor(key, info.dtype, info.shape)));
         } else {
           at::Tensor t = v.as_tensor();
-          records.push_back({key, [t](const Emit& emit) { return emit(t); }});
+          records.push_back({key, t.detach(), std::nullopt});
           sd.Set(name, Value(RefFor(key, t.scalar_type(), t.sizes().vec())));
         }
       }
@@ -176,14 +238,10 @@ absl::Status FsdpSaveFull(const std::string& path, const State& state,
             const std::string key = next_key();
             at::Tensor t = v.as_tensor();
             if (info != nullptr && IsShardedState(*info, name, t)) {
-              FullyShardedDataParallel* fsdp = ref.fsdp;
-              const int i = ref.index;
-              records.push_back({key, [fsdp, i, t](const Emit& emit) {
-                return StreamSharded(*fsdp, i, t, emit);
-              }});
+              records.push_back({key, t.detach(), Layout(*info)});
               per.Set(name, Value(RefFor(key, t.scalar_type(), info->shape)));
             } else {
-              records.push_back({key, [t](const Emit& emit) { return emit(t); }});
+              records.push_back({key, t.detach(), std::nullopt});
               per.Set(name, Value(RefFor(key, t.scalar_type(), t.sizes().vec())));
             }
           }
@@ -202,51 +260,25 @@ absl::Status FsdpSaveFull(const std::string& path, const State& state,
     Dict meta = MetaDict(entries, options);
     for (const auto& [k, v] : meta) root.Set(k, RefTensors(v, &records));
   }
-  // The same on every rank (pure functions of the state), but a failure on
-  // one rank must stop all before the gathers.
-  FABRIC_RETURN_IF_ERROR(AgreeOnStatus(ctx, build));
-
-  std::unique_ptr<TorchStreamWriter> writer;
-  absl::Status status;
-  if (rank == 0) {
-    TorchSaveOptions so;
-    so.direct_io = options.direct_io;
-    so.staging_bytes = size_t{32} << 20;  // within the "largest unit + 64 MiB" bound
-    absl::StatusOr<std::unique_ptr<TorchStreamWriter>> w =
-        TorchStreamWriter::Create(path, Value(std::move(root)), so);
-    // Not returned here: the other ranks wait for this verdict.
-    if (w.ok()) {
-      writer = *std::move(w);
+  // What this rank sends: rank 0 everything, the others their rows of the
+  // sharded records (the rest is rank 0's alone).
+  for (PendingRecord& r : records) {
+    if (rank == 0 || r.layout.has_value()) {
+      r.local = StageOrPass(staging, r.local);
     } else {
-      status = w.status();
+      r.local = at::Tensor();
     }
   }
-  FABRIC_RETURN_IF_ERROR(ShareStatus(ctx, status));
-  std::unordered_map<std::string, uint64_t> record_bytes;
-  if (writer != nullptr) {
-    for (const auto& [key, nbytes] : writer->StorageOrder()) record_bytes[key] = nbytes;
-  }
-  for (const PendingRecord& r : records) {
-    bool begun = false;
-    if (rank == 0 && status.ok()) {
-      status = writer->BeginStorage(r.key, record_bytes[r.key]);
-      begun = status.ok();
-    }
-    // Rank 0 appends every piece; a write error stops the writing but not
-    // the collectives, which the other ranks are in too.
-    absl::Status produced = r.produce([&](const at::Tensor& t) -> absl::Status {
-      if (rank != 0 || !status.ok()) return absl::OkStatus();
-      at::Tensor c = t.detach().to(c10::kCPU).contiguous();
-      status = writer->AppendStorage(c.data_ptr(),
-                                     static_cast<uint64_t>(c.numel()) * c.element_size());
-      return absl::OkStatus();
-    });
-    FABRIC_RETURN_IF_ERROR(produced);  // a failed collective: the group is unusable
-    if (begun && status.ok()) status = writer->EndStorage();
-  }
-  if (rank == 0 && status.ok()) status = writer->Commit();
-  writer.reset();
-  return ShareStatus(ctx, status);
+  return [path, root = std::move(root), records = std::move(records), build,
+          options](DistributedContext* write_ctx) {
+    return WriteFull(path, root, records, build, write_ctx, options);
+  };
+}
+
+absl::Status FsdpSaveFull(const std::string& path, const State& state,
+                          const FsdpWrapperOf& wrapper_of, DistributedContext* ctx,
+                          const FsdpCheckpointOptions& options) {
+  return FsdpStageFull(path, state, wrapper_of, ctx, options, /*staging=*/nullptr)(ctx);
 }
 
 namespace {

@@ -15,8 +15,22 @@
 #include "checkpoint/value.h"
 #include "strategies/fsdp_checkpoint_options.h"
 #include "strategies/process_group.h"
+#include "strategies/staged_write.h"
+
+namespace fabric {
+class StagingBuffers;
+}  // namespace fabric
 
 namespace fabric::strategies {
+
+// Plans the file (its tree and records) and copies what this rank sends
+// through `staging` (null: the live tensors are sent): rank 0 every tensor
+// (its rows of sharded ones), the others their rows of sharded ones. Not a
+// collective: the returned write is, gathering rows over the group it is
+// given. `ctx` gives the rank.
+StagedWrite FsdpStageFull(const std::string& path, const State& state,
+                          const FsdpWrapperOf& wrapper_of, const DistributedContext* ctx,
+                          const FsdpCheckpointOptions& options, StagingBuffers* staging);
 
 // A collective when `context` is given; every rank returns the same verdict.
 absl::Status FsdpSaveFull(const std::string& path, const State& state,

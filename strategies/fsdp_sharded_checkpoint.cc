@@ -23,6 +23,7 @@
 #include "checkpoint/dcp_writer.h"
 #include "checkpoint/fs_util.h"
 #include "checkpoint/module_state.h"
+#include "checkpoint/staging.h"
 #include "checkpoint/optimizer_state.h"
 #include "checkpoint/remove_checkpoint.h"
 #include "checkpoint/torch_save.h"
@@ -122,12 +123,11 @@ absl::StatusOr<std::vector<dcp::WriteItem>> ShardedItems(const std::vector<Entry
   return items;
 }
 
-}  // namespace
-
-absl::Status FsdpSaveSharded(const std::string& dir, const State& state,
-                             const FsdpWrapperOf& wrapper_of, DistributedContext* ctx,
-                             const FsdpCheckpointOptions& options) {
-  const std::vector<Entry> entries = ResolveEntries(state, wrapper_of);
+// The write, gather and commit of a planned (and possibly staged) save.
+absl::Status WriteSharded(const std::string& dir,
+                          const absl::StatusOr<std::vector<dcp::WriteItem>>& items,
+                          const Value& meta, DistributedContext* ctx,
+                          const FsdpCheckpointOptions& options) {
   const int rank = RankOf(ctx), world = WorldOf(ctx);
   // The new checkpoint is written beside the path and swapped (or renamed)
   // in once committed, so an old one stays loadable until then. Rank 0 picks the folder; every rank writes there.
@@ -148,15 +148,12 @@ absl::Status FsdpSaveSharded(const std::string& dir, const State& state,
   }
 
   absl::StatusOr<std::vector<dcp::WriteResult>> results;
-  {
-    absl::StatusOr<std::vector<dcp::WriteItem>> items = ShardedItems(entries, rank, options);
-    if (items.ok()) {
-      dcp::WriteOptions wo;
-      wo.direct_io = options.direct_io;
-      results = dcp::WriteRankFile(target, rank, *items, wo);
-    } else {
-      results = items.status();
-    }
+  if (items.ok()) {
+    dcp::WriteOptions wo;
+    wo.direct_io = options.direct_io;
+    results = dcp::WriteRankFile(target, rank, *items, wo);
+  } else {
+    results = items.status();
   }
   if (options.before_commit) options.before_commit();
   std::string payload;
@@ -199,7 +196,7 @@ absl::Status FsdpSaveSharded(const std::string& dir, const State& state,
     if (commit.ok()) {
       TorchSaveOptions so;
       so.direct_io = options.direct_io;
-      commit = TorchSave(LightningMetaPath(target), Value(MetaDict(entries, options)), so);
+      commit = TorchSave(LightningMetaPath(target), meta, so);
     }
     if (commit.ok()) {
       absl::StatusOr<dcp::Metadata> md = dcp::BuildMetadata(by_rank, dcp::NewStorageMeta(dir));
@@ -216,6 +213,34 @@ absl::Status FsdpSaveSharded(const std::string& dir, const State& state,
     }
   }
   return ShareStatus(ctx, commit);
+}
+
+}  // namespace
+
+StagedWrite FsdpStageSharded(const std::string& dir, const State& state,
+                             const FsdpWrapperOf& wrapper_of, const DistributedContext* ctx,
+                             const FsdpCheckpointOptions& options, StagingBuffers* staging) {
+  const std::vector<Entry> entries = ResolveEntries(state, wrapper_of);
+  const int rank = RankOf(ctx);
+  absl::StatusOr<std::vector<dcp::WriteItem>> items = ShardedItems(entries, rank, options);
+  if (items.ok()) {
+    for (dcp::WriteItem& item : *items) {
+      if (item.tensor.defined()) item.tensor = StageOrPass(staging, item.tensor);
+      if (item.value.has_value()) item.value = StageOrPass(staging, *item.value);
+    }
+  }
+  // meta.pt: rank 0 writes it, from a snapshot like the shards.
+  Value meta = rank == 0 ? StageOrPass(staging, Value(MetaDict(entries, options))) : Value();
+  return [dir, items = std::move(items), meta = std::move(meta),
+          options](DistributedContext* write_ctx) {
+    return WriteSharded(dir, items, meta, write_ctx, options);
+  };
+}
+
+absl::Status FsdpSaveSharded(const std::string& dir, const State& state,
+                             const FsdpWrapperOf& wrapper_of, DistributedContext* ctx,
+                             const FsdpCheckpointOptions& options) {
+  return FsdpStageSharded(dir, state, wrapper_of, ctx, options, /*staging=*/nullptr)(ctx);
 }
 
 absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,

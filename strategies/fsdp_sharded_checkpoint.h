@@ -22,8 +22,21 @@
 #include "checkpoint/value.h"
 #include "strategies/fsdp_checkpoint_options.h"
 #include "strategies/process_group.h"
+#include "strategies/staged_write.h"
+
+namespace fabric {
+class StagingBuffers;
+}  // namespace fabric
 
 namespace fabric::strategies {
+
+// Plans this rank's part of the save (its shard items and, on rank 0,
+// meta.pt's values), copying every tensor through `staging` (null: the live
+// tensors are written). Not a collective: the returned write is (every rank
+// runs it over the same group). `ctx` gives the rank and world size.
+StagedWrite FsdpStageSharded(const std::string& dir, const State& state,
+                             const FsdpWrapperOf& wrapper_of, const DistributedContext* ctx,
+                             const FsdpCheckpointOptions& options, StagingBuffers* staging);
 
 // A collective when `context` is given; every rank returns the same verdict.
 absl::Status FsdpSaveSharded(const std::string& dir, const State& state,

@@ -39,8 +39,9 @@ FsdpWrapperOf FsdpStrategy::wrapper_of() const {
   return [this](const torch::nn::Module& m) { return fsdp(m); };
 }
 
-absl::Status FsdpStrategy::Save(const std::string& path, const State& state,
-                                const StateFilter& filter) {
+absl::StatusOr<StagedWrite> FsdpStrategy::StageSave(const std::string& path, const State& state,
+                                                    const StateFilter& filter,
+                                                    StagingBuffers* staging) {
   for (const auto& [key, pred] : filter) {
     if (!state.Contains(key)) {
       return absl::InvalidArgumentError(absl::StrCat("filter names '", key,
@@ -50,7 +51,7 @@ absl::Status FsdpStrategy::Save(const std::string& path, const State& state,
   FsdpCheckpointOptions options;
   options.state_dict_type = state_dict_type_;
   options.filter = filter;
-  return FsdpSaveCheckpoint(path, state, wrapper_of(), context_.get(), options);
+  return FsdpStageCheckpoint(path, state, wrapper_of(), context_.get(), options, staging);
 }
 
 absl::StatusOr<Dict> FsdpStrategy::Load(const std::string& path, State& state, bool strict) {

@@ -34,8 +34,9 @@ class FsdpStrategy : public Strategy {
   // fsdp() as the lookup the checkpoint functions take.
   FsdpWrapperOf wrapper_of() const;
 
-  absl::Status Save(const std::string& path, const State& state,
-                    const StateFilter& filter) override;
+  absl::StatusOr<StagedWrite> StageSave(const std::string& path, const State& state,
+                                        const StateFilter& filter,
+                                        StagingBuffers* staging) override;
   absl::StatusOr<Dict> Load(const std::string& path, State& state, bool strict) override;
   absl::StatusOr<Dict> LoadAll(const std::string& path) override;
   absl::Status LoadRaw(const std::string& path, torch::nn::Module& module, bool strict) override;

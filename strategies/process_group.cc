@@ -163,6 +163,8 @@ struct DistributedContext::Impl {
   std::string backend_name;
   c10::intrusive_ptr<c10d::Store> store;         // TCPStore, rank 0 hosts it.
   c10::intrusive_ptr<c10d::Store> fabric_store;  // Our keys: progress records.
+  std::string prefix;     // Of our keys in the store: "fabric/<restart_count>".
+  bool subgroup = false;  // Made by NewGroup: no watch thread, no closing handshake.
   c10::intrusive_ptr<c10d::Backend> backend;
 
   std::mutex mu;
@@ -495,7 +497,7 @@ DistributedContext::~DistributedContext() {
   // Rank 0 hosts the store: before closing it, let every rank's watch thread
   // see that this is the normal end (not a dead rank 0), briefly.
   try {
-    if (impl.watch_store && clean) {
+    if (impl.watch_store && clean && !impl.subgroup) {
       std::lock_guard<std::mutex> lock(impl.watch_mu);
       if (impl.cluster.rank == 0 && !impl.cluster.external_store) {
         impl.watch_store->set("closing", std::vector<uint8_t>{'1'});
@@ -629,7 +631,53 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
                             address, " within ", absl::FormatDuration(rendezvous_timeout), missing),
         " (", ExceptionMessage(e), ")"));
   }
-  impl->fabric_store = c10::make_intrusive<c10d::PrefixStore>(prefix, impl->store);
+  impl->prefix = prefix;
+  return Connect(std::move(impl), backend, rendezvous_timeout);
+}
+
+absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::NewGroup(
+    const std::string& name) {
+  const Impl& parent = *impl_;
+  auto impl = std::make_unique<Impl>();
+  impl->cluster = parent.cluster;
+  impl->options = parent.options;
+  impl->backend_name = "gloo";
+  impl->prefix = parent.prefix;
+  impl->subgroup = true;
+  // Connections of its own to the same TCPStore (the group is used from
+  // another thread than its parent). Its keys live under a prefix of their
+  // own, so its rendezvous, progress records and Gloo pairs never meet the
+  // parent's; it reads the parent's heartbeats and failure reports to name a
+  // dead rank, but runs no watch thread of its own.
+  try {
+    c10d::TCPStoreOptions client;
+    client.port = static_cast<uint16_t>(parent.cluster.master_port);
+    client.isServer = false;
+    client.numWorkers = parent.cluster.world_size;
+    client.waitWorkers = false;
+    client.timeout = ToChrono(parent.options.timeout);
+    impl->store = c10::make_intrusive<c10d::PrefixStore>(
+        absl::StrCat("group/", name),
+        c10::make_intrusive<c10d::TCPStore>(parent.cluster.master_addr, client));
+    client.timeout =
+        ToChrono(std::max(absl::Seconds(5), 10 * parent.options.heartbeat_interval));
+    impl->watch_store = c10::make_intrusive<c10d::PrefixStore>(
+        parent.prefix, c10::make_intrusive<c10d::TCPStore>(parent.cluster.master_addr, client));
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat(
+        "rank ", parent.cluster.rank, ": cannot connect the '", name,
+        "' process group to the TCPStore at ", parent.StoreAddress(), ": ", ExceptionMessage(e)));
+  }
+  return Connect(std::move(impl), CommBackend::kGloo, parent.options.timeout);
+}
+
+absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Connect(
+    std::unique_ptr<Impl> impl, CommBackend backend, absl::Duration rendezvous_timeout) {
+  const ClusterEnvironment& cluster = impl->cluster;
+  const DistributedOptions& options = impl->options;
+  const std::string address = impl->StoreAddress();
+  const std::string who = absl::StrCat("rank ", cluster.rank, ": ");
+  impl->fabric_store = c10::make_intrusive<c10d::PrefixStore>(impl->prefix, impl->store);
 
   std::vector<std::string> keys;
   for (int r = 0; r < cluster.world_size; ++r) keys.push_back(impl->ProgressKey(r));
@@ -732,8 +780,10 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
                                                " process group (world_size ",
                                                cluster.world_size, "): ", ExceptionMessage(e)));
   }
-  Impl* watched = impl.get();
-  impl->watch_thread = std::thread([watched] { watched->Watch(); });
+  if (!impl->subgroup) {
+    Impl* watched = impl.get();
+    impl->watch_thread = std::thread([watched] { watched->Watch(); });
+  }
   return std::shared_ptr<DistributedContext>(new DistributedContext(std::move(impl)));
 }
 

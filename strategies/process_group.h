@@ -146,11 +146,21 @@ class DistributedContext {
   // rank's watch thread; empty when none.
   std::string PeerFailure() const;
 
+  // A second process group over the same ranks and TCPStore, always Gloo
+  // (CPU tensors, also under NCCL training), whose collectives never queue
+  // behind or interleave with this group's: asynchronous checkpoints
+  // coordinate on one from their writer thread while training goes on. A
+  // collective: every rank calls it, with the same `name`.
+  absl::StatusOr<std::shared_ptr<DistributedContext>> NewGroup(const std::string& name);
+
   // Internal.
   struct Impl;
 
  private:
   explicit DistributedContext(std::unique_ptr<Impl> impl);
+  // Rendezvous over impl->store and the backend.
+  static absl::StatusOr<std::shared_ptr<DistributedContext>> Connect(
+      std::unique_ptr<Impl> impl, CommBackend backend, absl::Duration rendezvous_timeout);
 
   std::unique_ptr<Impl> impl_;
 };

@@ -5,6 +5,7 @@
 
 #include "base/status_macros.h"
 #include "checkpoint/checkpoint_kind.h"
+#include "checkpoint/staging.h"
 #include "checkpoint/state_io.h"
 #include "checkpoint/torch_save.h"
 #include "strategies/fsdp_checkpoint.h"
@@ -12,15 +13,27 @@
 
 namespace fabric::strategies {
 
-absl::Status SingleFileStrategy::Save(const std::string& path, const State& state,
-                                      const StateFilter& filter) {
-  absl::Status result = absl::OkStatus();
-  if (global_rank() == 0) {
-    absl::StatusOr<Dict> tree = StateToCheckpoint(state, filter);
-    result = tree.ok() ? TorchSave(path, Value(*std::move(tree))) : tree.status();
+absl::StatusOr<StagedWrite> SingleFileStrategy::StageSave(const std::string& path,
+                                                          const State& state,
+                                                          const StateFilter& filter,
+                                                          StagingBuffers* staging) {
+  const bool writes = global_rank() == 0;
+  absl::StatusOr<Value> tree = Value();
+  if (writes) {
+    absl::StatusOr<Dict> d = StateToCheckpoint(state, filter);
+    if (d.ok()) {
+      tree = StageOrPass(staging, Value(*std::move(d)));
+    } else {
+      tree = d.status();
+    }
   }
-  if (context() == nullptr) return result;
-  return context()->ShareStatus(result);
+  return StagedWrite([path, tree = std::move(tree), writes](DistributedContext* ctx) {
+    absl::Status result = !writes ? absl::OkStatus()
+                          : tree.ok() ? TorchSave(path, *tree)
+                                      : tree.status();
+    if (ctx == nullptr) return result;
+    return ctx->ShareStatus(result);
+  });
 }
 
 absl::StatusOr<Dict> SingleFileStrategy::Load(const std::string& path, State& state, bool strict) {

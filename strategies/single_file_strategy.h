@@ -13,8 +13,11 @@ namespace fabric::strategies {
 
 class SingleFileStrategy : public Strategy {
  public:
-  absl::Status Save(const std::string& path, const State& state,
-                    const StateFilter& filter) override;
+  // Rank 0 converts (and stages) the state; its write is TorchSave, the
+  // others wait for its verdict.
+  absl::StatusOr<StagedWrite> StageSave(const std::string& path, const State& state,
+                                        const StateFilter& filter,
+                                        StagingBuffers* staging) override;
   absl::StatusOr<Dict> Load(const std::string& path, State& state, bool strict) override;
   absl::StatusOr<Dict> LoadAll(const std::string& path) override;
   absl::Status LoadRaw(const std::string& path, torch::nn::Module& module, bool strict) override;

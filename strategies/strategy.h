@@ -22,6 +22,11 @@
 #include "checkpoint/value.h"
 #include "checkpoint/state.h"
 #include "checkpoint/state_filter.h"
+#include "strategies/staged_write.h"
+
+namespace fabric {
+class StagingBuffers;
+}  // namespace fabric
 
 namespace fabric::strategies {
 
@@ -48,8 +53,18 @@ class Strategy {
   // steps (gradient synchronization).
   virtual absl::Status Backward(const at::Tensor& loss);
 
+  // A synchronous save: StageSave without copies, then its write over
+  // context(). Every rank calls it; every rank returns the same verdict.
   virtual absl::Status Save(const std::string& path, const State& state,
-                            const StateFilter& filter) = 0;
+                            const StateFilter& filter);
+  // The first half of a save (all that an asynchronous one blocks for):
+  // plans what this rank writes and copies it through `staging` (null:
+  // nothing is copied, the write reads the live state). Not a collective;
+  // errors only this rank sees travel in the returned write, which every
+  // rank runs, so that the ranks' collectives stay in step.
+  virtual absl::StatusOr<StagedWrite> StageSave(const std::string& path, const State& state,
+                                                const StateFilter& filter,
+                                                StagingBuffers* staging) = 0;
   virtual absl::StatusOr<Dict> Load(const std::string& path, State& state, bool strict) = 0;
   // Everything in the checkpoint, modules and optimizers as state dicts.
   virtual absl::StatusOr<Dict> LoadAll(const std::string& path) = 0;

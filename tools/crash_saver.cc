@@ -10,6 +10,9 @@
 //     and k = K or K + 1 (the save in flight when the
 //     kill came may have committed before its "saved" line was printed);
 //     K = -1: any k >= 1 (a run killed before its first save returned).
+//   --async_save: saves with SaveAsync and overwrites every parameter with
+//     -k while save k is in flight: a checkpoint holding any -k mixed in
+//     fails the check.
 //
 // Iteration k's state is a function of k alone, so a check is exact.
 #include <cstdio>
@@ -34,6 +37,9 @@ ABSL_FLAG(int, devices, 1, "processes");
 ABSL_FLAG(std::string, state_dict_type, "sharded", "FSDP: sharded or full");
 ABSL_FLAG(std::string, check, "", "checkpoint to check instead of saving");
 ABSL_FLAG(int64_t, last_saved, 0, "with --check: the last k printed as saved");
+ABSL_FLAG(bool, async_save, false,
+          "save with Fabric::SaveAsync, and overwrite the parameters while the "
+          "save is in flight (the checkpoint must still hold iteration k)");
 ABSL_FLAG(int64_t, width, 512, "the model's layer width (4 layers of width^2 floats)");
 
 namespace fabric::tools {
@@ -71,7 +77,14 @@ absl::Status Save() {
   for (int64_t k = 1;; ++k) {
     Fill(fabric->Parameters(model), k);
     State state{{"model", model}, {"optimizer", opt}, {"iteration", k}};
-    FABRIC_RETURN_IF_ERROR(fabric->Save(path, state));
+    if (absl::GetFlag(FLAGS_async_save)) {
+      FABRIC_ASSIGN_OR_RETURN(SaveHandle handle, fabric->SaveAsync(path, state));
+      // Training goes on in place while the background write runs.
+      Fill(fabric->Parameters(model), -k);
+      FABRIC_RETURN_IF_ERROR(handle.Wait());
+    } else {
+      FABRIC_RETURN_IF_ERROR(fabric->Save(path, state));
+    }
     FABRIC_RETURN_IF_ERROR(fabric->Barrier());
     if (fabric->is_global_zero()) {
       std::printf("saved %lld\n", static_cast<long long>(k));

@@ -10,6 +10,9 @@
 #                (the whole process group) at a random moment; then the
 #                path, once a save has returned, must pass `fabric verify`
 #                and hold exactly the last returned iteration or the next;
+#   async_file, async_sharded: the same with Fabric::SaveAsync (one process;
+#                2 FSDP ranks sharded), every parameter overwritten while
+#                the save is in flight: the check also proves the snapshot;
 #   rotation:    fsdp_train (2 ranks, sharded, a checkpoint every step,
 #                --keep_checkpoints=2 --resume) killed mid-run;
 #   consolidate: `fabric consolidate --force` over the same output file.
@@ -19,7 +22,8 @@
 # the same as a reference when torch.load reads both; nothing but recognizable temps
 # (.*.tmp.*, .*.saving.*, .*.deleting.*, .*.retired.*, and the shared-folder
 # probe .fabric-shared-<pid>-*) is left, and those do not pile up.
-# KINDS (environment, default "file ddp sharded rotation consolidate") picks
+# KINDS (environment, default "file ddp sharded async_file async_sharded
+# rotation consolidate") picks
 # kinds to run.
 set -u
 TRAIN=$(realpath "$1"); FABRIC=$(realpath "$2"); SAVER=$(realpath "$3")
@@ -109,12 +113,16 @@ same_path_kind() {
   echo "$kind: $((kills - before)) kills, failures so far $fail"
 }
 same_path_checked=0; saved_mid=0
-KINDS=" ${KINDS:-file ddp sharded rotation consolidate} "
-kills_file=0; kills_ddp=0; kills_sharded=0
+KINDS=" ${KINDS:-file ddp sharded async_file async_sharded rotation consolidate} "
+kills_file=0; kills_ddp=0; kills_sharded=0; kills_async_file=0; kills_async_sharded=0
 runs() { [[ "$KINDS" == *" $1 "* ]]; }
 runs file && same_path_kind file state.pt --strategy=single_device --devices=1
 runs ddp && same_path_kind ddp state.pt --strategy=ddp --devices=2
 runs sharded && same_path_kind sharded state.ckpt --strategy=fsdp --devices=2 --state_dict_type=sharded
+# Asynchronous saves (Fabric::SaveAsync): killed while the background write runs.
+runs async_file && same_path_kind async_file state.pt --strategy=single_device --devices=1 --async_save
+runs async_sharded && same_path_kind async_sharded state.ckpt --strategy=fsdp --devices=2 \
+  --state_dict_type=sharded --async_save
 same_kills=$kills
 
 # --- rotation
@@ -167,7 +175,8 @@ else
   done
 fi
 
-echo "crash test: kills=$kills (same-path file $kills_file, ddp $kills_ddp, sharded $kills_sharded;" \
+echo "crash test: kills=$kills (same-path file $kills_file, ddp $kills_ddp, sharded $kills_sharded," \
+     "async file $kills_async_file, async sharded $kills_async_sharded;" \
      "rotation $rot_kills, consolidate $((kills - same_kills - rot_kills)));" \
      "same-path checkpoints checked bit-exact after a kill: $same_path_checked" \
      "($saved_mid after a save of the killed run had returned);" \

@@ -110,6 +110,8 @@ class Engine {
   virtual torch::optim::Optimizer& optimizer() = 0;
   // Saves model, optimizer and `values` (plain entries) to `path`.
   virtual absl::Status Save(const std::string& path, const Dict& values) = 0;
+  // Save, returning once the state is staged (Fabric::SaveAsync).
+  virtual absl::Status SaveAsync(const std::string& path, const Dict& values) = 0;
   // Restores model and optimizer and replaces each entry of `values` by the
   // saved one (all must be present).
   virtual absl::Status Load(const std::string& path, Dict& values) = 0;
@@ -137,6 +139,10 @@ class FabricEngine : public Engine {
   absl::Status Save(const std::string& path, const Dict& values) override {
     State state = MakeState(values);
     return fabric_.Save(path, state);
+  }
+  absl::Status SaveAsync(const std::string& path, const Dict& values) override {
+    State state = MakeState(values);
+    return fabric_.SaveAsync(path, state).status();
   }
   absl::Status Load(const std::string& path, Dict& values) override {
     State state = MakeState(values);
@@ -511,9 +517,41 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
 
   const Dict hparams = Hparams(o, config, *data, split_name, world);
   double total_save_seconds = 0, last_save_seconds = 0;
+  // Asynchronous saves: the background writes' seconds, and the path in flight.
+  double total_write_seconds = 0, last_write_seconds = 0;
+  std::string in_flight;
   int saves = 0;
+  // Prunes once the newest save is complete on every rank.
+  auto prune = [&]() -> absl::StatusOr<std::string> {
+    std::string removed_note;
+    if (rank == 0) {
+      FABRIC_ASSIGN_OR_RETURN(const std::vector<std::string> removed,
+                              PruneCheckpoints(o.checkpoint_dir, o.keep_checkpoints));
+      if (!removed.empty()) removed_note = absl::StrCat(", removed ", removed.size(), " older");
+    }
+    FABRIC_RETURN_IF_ERROR(fabric.Barrier());
+    return removed_note;
+  };
+  // Waits for the asynchronous save in flight; its commit line.
+  auto finish_async = [&]() -> absl::Status {
+    if (in_flight.empty()) return absl::OkStatus();
+    FABRIC_RETURN_IF_ERROR(fabric.WaitForSave());
+    const strategies::AsyncSaveTimes t = fabric.last_async_save();
+    last_write_seconds = absl::ToDoubleSeconds(t.write);
+    total_write_seconds += last_write_seconds;
+    last_checkpoint = in_flight;
+    in_flight.clear();
+    FABRIC_ASSIGN_OR_RETURN(std::string removed_note, prune());
+    fabric.Print(absl::StrFormat("committed %s: background write %.2f s%s", last_checkpoint,
+                                 last_write_seconds, removed_note));
+    return absl::OkStatus();
+  };
   auto save = [&](int64_t at_step) -> absl::Status {
     const std::string path = (fs::path(o.checkpoint_dir) / CheckpointName(at_step)).string();
+    // Training waits here if the previous write is still going.
+    const double wait0 = Now();
+    FABRIC_RETURN_IF_ERROR(finish_async());
+    const double waited = Now() - wait0;
     // A leftover of an interrupted save under the same name goes first,
     // renamed out of the listing before its contents are deleted.
     // Every rank learns rank 0's verdict: no rank waits on a save that failed.
@@ -539,19 +577,26 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     values.Set("rng_states", rng);
     values.Set("hparams", Value(hparams));
     const double t0 = Now();
+    if (o.async_save) {
+      FABRIC_RETURN_IF_ERROR(engine->SaveAsync(path, values));
+      // Blocked: the wait for the previous write plus the staging.
+      last_save_seconds = waited + (Now() - t0);
+      total_save_seconds += last_save_seconds;
+      ++saves;
+      in_flight = path;
+      fabric.Print(absl::StrFormat(
+          "saving %s (%s) in the background: training blocked %.3f s (staging %.3f s, "
+          "waiting for the previous write %.3f s)",
+          path, o.state_dict_type, last_save_seconds, Now() - t0, waited));
+      return absl::OkStatus();
+    }
     FABRIC_RETURN_IF_ERROR(engine->Save(path, values));
     FABRIC_RETURN_IF_ERROR(fabric.Barrier());  // committed on every rank
     last_save_seconds = Now() - t0;
     total_save_seconds += last_save_seconds;
     ++saves;
     last_checkpoint = path;
-    std::string removed_note;
-    if (rank == 0) {
-      FABRIC_ASSIGN_OR_RETURN(const std::vector<std::string> removed,
-                              PruneCheckpoints(o.checkpoint_dir, o.keep_checkpoints));
-      if (!removed.empty()) removed_note = absl::StrCat(", removed ", removed.size(), " older");
-    }
-    FABRIC_RETURN_IF_ERROR(fabric.Barrier());
+    FABRIC_ASSIGN_OR_RETURN(std::string removed_note, prune());
     fabric.Print(absl::StrFormat("saved %s (%s, %s) in %.2f s%s", path, o.state_dict_type,
                                  strategies::HumanBytes(PathBytes(path)), last_save_seconds,
                                  removed_note));
@@ -608,6 +653,8 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
                                             ErrorText(e)));
   }
 
+  FABRIC_RETURN_IF_ERROR(finish_async());
+
   // --- Reload (benchmarks).
   double load_seconds = -1;
   if (o.time_load && !last_checkpoint.empty()) {
@@ -649,7 +696,13 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     fabric.Print(absl::StrCat("summary: no step run (already at step ", step, " of ", o.steps,
                               ") | peak rss: ", peak_text));
   }
-  if (saves > 0) {
+  if (saves > 0 && o.async_save) {
+    fabric.Print(absl::StrFormat(
+        "checkpoint: %s | %s | async: training blocked %.3f s last, %.3f s in all (%d saves); "
+        "background writes %.2f s last, %.2f s in all",
+        last_checkpoint, strategies::HumanBytes(PathBytes(last_checkpoint)), last_save_seconds,
+        total_save_seconds, saves, last_write_seconds, total_write_seconds));
+  } else if (saves > 0) {
     fabric.Print(absl::StrFormat("checkpoint: %s | %s | last save %.2f s (%d saves, %.2f s)",
                                  last_checkpoint, strategies::HumanBytes(PathBytes(last_checkpoint)),
                                  last_save_seconds, saves, total_save_seconds));

@@ -58,6 +58,9 @@ struct TrainerOptions {
   // Save every this many steps (0: only at the end) and after the last step.
   int64_t checkpoint_interval = 0;
   bool save_last = true;
+  // Asynchronous saves (Fabric::SaveAsync): training blocks only while the
+  // state is copied; the write runs under the next steps.
+  bool async_save = false;
   // "sharded" (FSDP only: a DCP folder) or "full" (one torch.save file);
   // empty: sharded for FSDP, full otherwise.
   std::string state_dict_type;

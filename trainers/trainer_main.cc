@@ -87,6 +87,8 @@ ABSL_FLAG(std::string, checkpoint_dir, "", "checkpoint folder (default <out_dir>
 ABSL_FLAG(int64_t, checkpoint_interval, kDefaults.checkpoint_interval,
           "save every N steps (0: only after the last step)");
 ABSL_FLAG(bool, save_last, kDefaults.save_last, "save after the last step");
+ABSL_FLAG(bool, async_save, kDefaults.async_save,
+          "save asynchronously: block only for the copy, write in the background");
 ABSL_FLAG(std::string, state_dict_type, "",
           "sharded (FSDP: a DCP folder, one file per rank) or full (one torch.save file); "
           "default sharded for fsdp, full otherwise");
@@ -145,6 +147,7 @@ int main(int argc, char** argv) {
   o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   o.checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
   o.save_last = absl::GetFlag(FLAGS_save_last);
+  o.async_save = absl::GetFlag(FLAGS_async_save);
   o.state_dict_type = absl::GetFlag(FLAGS_state_dict_type);
   o.resume = absl::GetFlag(FLAGS_resume);
   o.keep_checkpoints = absl::GetFlag(FLAGS_keep_checkpoints);

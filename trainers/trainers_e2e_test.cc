@@ -95,17 +95,19 @@ double EvalLoss(const std::string& out) {
 // Runs `binary` to `steps` with a checkpoint every `interval` steps, once
 // straight through and once stopped at `stop` and resumed, and expects the
 // same losses at every step.
-void ExpectExactResume(const std::string& binary, const std::string& name, int steps, int interval,
-                       int stop) {
+// Returns the resumed run's output.
+std::string ExpectExactResume(const std::string& binary, const std::string& name, int steps,
+                              int interval, int stop, const std::string& extra = "") {
   const std::string a = Dir(name + "_straight"), b = Dir(name + "_resumed");
-  const std::string every = absl::StrCat(" --checkpoint_interval=", interval);
+  const std::string every = absl::StrCat(" --checkpoint_interval=", interval, " ", extra);
   RunOk(Train(binary, a, absl::StrCat("--steps=", steps, every)));
   RunOk(Train(binary, b, absl::StrCat("--steps=", stop, every)));
   const std::string out = RunOk(Train(binary, b, absl::StrCat("--steps=", steps, every, " --resume")));
   EXPECT_NE(out.find(absl::StrCat("at step ", stop)), std::string::npos) << out;
   const auto straight = Losses(a), resumed = Losses(b);
-  ASSERT_EQ(straight.size(), static_cast<size_t>(steps));
+  EXPECT_EQ(straight.size(), static_cast<size_t>(steps));
   EXPECT_EQ(resumed, straight);
+  return out;
 }
 
 TEST(SingleDevice, LossFallsOnWikiText2AndCurveIsWritten) {
@@ -162,6 +164,15 @@ TEST(SingleDevice, BadFlagsAreClearErrors) {
 TEST(Fsdp, TwoRanksResumeIsExact) { ExpectExactResume(g_fsdp, "fsdp", 6, 3, 3); }
 
 TEST(Ddp, TwoRanksResumeIsExact) { ExpectExactResume(g_ddp, "ddp", 4, 2, 2); }
+
+// --async_save: the checkpoints written in the background resume exactly;
+// each save says how long training was blocked and how long the write took.
+TEST(Fsdp, AsyncSaveResumeIsExact) {
+  const std::string out = ExpectExactResume(g_fsdp, "fsdp_async", 6, 2, 4, "--async_save");
+  EXPECT_NE(out.find("in the background: training blocked"), std::string::npos) << out;
+  EXPECT_NE(out.find(": background write "), std::string::npos) << out;
+  EXPECT_NE(out.find("async: training blocked"), std::string::npos) << out;
+}
 
 // Train on 2 ranks (sharded and full checkpoints of the same deterministic
 // run), load each on 1: the same weights, so the same evaluation loss, below
