@@ -1,6 +1,11 @@
 #include "checkpoint/staging.h"
 
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <limits>
 #include <optional>
+#include <string>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -12,6 +17,7 @@
 #endif
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace fabric {
 
@@ -29,10 +35,13 @@ struct StagingBuffers::Device {};
 StagingBuffers::StagingBuffers() : device_(std::make_unique<Device>()) {}
 StagingBuffers::~StagingBuffers() = default;
 
-void StagingBuffers::BeginStaging() {
+void StagingBuffers::BeginStaging(int64_t max_new_bytes) {
   next_ = 0;
   staged_bytes_ = 0;
   allocated_bytes_ = 0;
+  max_new_bytes_ = max_new_bytes;
+  refused_bytes_ = 0;
+  copy_seconds_ = 0;
 #ifdef FABRIC_WITH_CUDA
   device_->used = false;
 #endif
@@ -51,6 +60,14 @@ at::Tensor StagingBuffers::Stage(const at::Tensor& live) {
   } else {
     buffers_.resize(next_ + 1);
   }
+  if (slot == nullptr && (refused_bytes_ > 0 ||
+                          allocated_bytes_ + static_cast<int64_t>(t.nbytes()) > max_new_bytes_)) {
+    // Over budget: count what it would need, allocate nothing more. The
+    // snapshot is void (EndStaging fails), so the live tensor is returned.
+    refused_bytes_ += static_cast<int64_t>(t.nbytes());
+    ++next_;
+    return t;
+  }
   if (slot == nullptr) {
     at::Tensor fresh = at::empty(t.sizes(), at::TensorOptions()
                                                  .dtype(t.scalar_type())
@@ -63,6 +80,14 @@ at::Tensor StagingBuffers::Stage(const at::Tensor& live) {
   }
   ++next_;
   staged_bytes_ += static_cast<int64_t>(slot->nbytes());
+  const auto start = std::chrono::steady_clock::now();
+  struct AddTime {
+    double* to;
+    std::chrono::steady_clock::time_point start;
+    ~AddTime() {
+      *to += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+  } add_time{&copy_seconds_, start};
 #ifdef FABRIC_WITH_CUDA
   if (from_gpu) {
     Device& d = *device_;
@@ -111,7 +136,18 @@ Value StagingBuffers::StageValue(const Value& v) {
   }
 }
 
-void StagingBuffers::EndStaging() {
+absl::Status StagingBuffers::EndStaging() {
+  if (refused_bytes_ > 0) {
+    const int64_t needed = allocated_bytes_ + refused_bytes_;
+    buffers_.clear();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "staging this rank's state for an asynchronous save needs ", needed, " bytes (",
+        absl::StrFormat("%.2f GiB", static_cast<double>(needed) / (1 << 30)),
+        ") of new host buffers, more than the ", max_new_bytes_,
+        " this process may take (FabricOptions::max_staging_bytes, by default its share of "
+        "MemAvailable): save synchronously (Save), "
+        "shard the state over more ranks, or free host memory"));
+  }
   buffers_.resize(next_);  // what the state no longer has
 #ifdef FABRIC_WITH_CUDA
   Device& d = *device_;
@@ -123,6 +159,7 @@ void StagingBuffers::EndStaging() {
     d.done->block(*d.compute);
   }
 #endif
+  return absl::OkStatus();
 }
 
 absl::Status StagingBuffers::WaitReady() {
@@ -146,6 +183,25 @@ int64_t StagingBuffers::held_bytes() const {
     if (b.defined()) n += static_cast<int64_t>(b.nbytes());
   }
   return n;
+}
+
+int64_t StagingBudget(int processes_on_host) {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kib = -1;
+  std::string unit;
+  while (in >> key) {
+    if (key == "MemAvailable:") {
+      in >> kib;
+      break;
+    }
+    in.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  if (kib < 0) return INT64_MAX;
+  // 90% of an equal share: the page cache the writes fill, and the
+  // training's own growth, need the rest.
+  return static_cast<int64_t>(static_cast<double>(kib) * 1024 * 0.9 /
+                              std::max(1, processes_on_host));
 }
 
 at::Tensor StageOrPass(StagingBuffers* buffers, const at::Tensor& t) {

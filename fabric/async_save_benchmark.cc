@@ -140,7 +140,7 @@ int main(int argc, char** argv) {
 
   // Asynchronous saves, training steps overlapping each write.
   ResetPeak();
-  std::vector<double> blocked, background, overlapped_steps, first_blocked;
+  std::vector<double> blocked, copies, background, overlapped_steps, first_blocked;
   for (int i = 0; i < repeat + 1; ++i) {
     CHECK_OK(fabric.Barrier());
     const double t0 = Now();
@@ -158,6 +158,7 @@ int main(int argc, char** argv) {
     }
     CHECK_OK(h->Wait());
     background.push_back(absl::ToDoubleSeconds(h->times().write));
+    if (i > 0) copies.push_back(absl::ToDoubleSeconds(h->times().copies));
   }
   const double async_peak = peak(PeakGiB());
 
@@ -189,9 +190,13 @@ int main(int argc, char** argv) {
     std::printf("state: %d x Linear(%d, %d), AdamW, 2 ranks, sharded; rank 0 stages %.2f GiB\n",
                 absl::GetFlag(FLAGS_layers), width, width, bytes / (1 << 30));
     std::printf("sync save (blocks for all of it): median %.3f s of %d\n", Median(sync), repeat);
-    std::printf("async save blocked: median %.3f s of %d (%.1f%% of sync); first save %.3f s "
+    std::printf("async save blocked: median %.3f s of %d (%.1f%% of sync; copies %.3f s, "
+                "planning and the rest %.3f s); first save %.3f s "
                 "(allocates and prefaults its buffers)\n",
-                Median(blocked), repeat, 100 * Median(blocked) / Median(sync), first_blocked[0]);
+                Median(blocked), repeat, 100 * Median(blocked) / Median(sync), Median(copies),
+                Median(blocked) - Median(copies), first_blocked[0]);
+    std::printf("copy bandwidth into staging: %.2f GB/s\n",
+                bytes / std::max(1e-9, Median(copies)) / 1e9);
     std::printf("async background write: median %.3f s\n", Median(background));
     std::printf("step: alone median %.3f s; overlapping a background write median %.3f s "
                 "(%d steps, %+.1f%%)\n",

@@ -274,10 +274,21 @@ absl::StatusOr<SaveHandle> Fabric::SaveAsync(const std::string& path, const Stat
   }
   const absl::Time t0 = absl::Now();
   StagingBuffers& buffers = async_->buffers();
-  buffers.BeginStaging();
+  // A second copy of the state that does not fit is an error, not a swap
+  // storm or the OOM killer.
+  buffers.BeginStaging(options_.max_staging_bytes > 0
+                           ? options_.max_staging_bytes
+                           : StagingBudget(context_ ? context_->cluster().local_world_size : 1));
   absl::StatusOr<strategies::StagedWrite> write =
       strategy_->StageSave(path, state, filter, &buffers);
-  buffers.EndStaging();
+  absl::Status staged = buffers.EndStaging();
+  // Every rank starts its write or none does (a write alone would wait for
+  // the others' collectives until the timeout).
+  if (context_ && context_->world_size() > 1) staged = context_->AgreeOnStatus(staged);
+  if (write.ok() && !staged.ok()) {
+    write = absl::Status(staged.code(), absl::StrCat("SaveAsync(", path, ") on rank ",
+                                                     global_rank(), ": ", staged.message()));
+  }
   FABRIC_RETURN_IF_ERROR(write.status());
   return async_->Start(path, *std::move(write), checkpoint_context_.get(), absl::Now() - t0);
 }

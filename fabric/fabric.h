@@ -96,6 +96,11 @@ struct FabricOptions {
   // modules, optimizers and values as they were (on every rank). False skips
   // the checksums (the structural checks and the all-or-nothing stay).
   bool verify_checksums = true;
+  // SaveAsync's bound on new staging buffers per process, in bytes: a save
+  // whose host copy would need more fails (ResourceExhausted, on every rank)
+  // before anything is written. 0: 90% of this process's share of the
+  // host's MemAvailable (docs/async-checkpoints.md).
+  int64_t max_staging_bytes = 0;
 };
 
 class Fabric {

@@ -91,6 +91,7 @@ SaveHandle AsyncCheckpointer::Start(const std::string& path, StagedWrite write,
   save->times.blocked = blocked;
   save->times.staged_bytes = buffers_->staged_bytes();
   save->times.allocated_bytes = buffers_->allocated_bytes();
+  save->times.copies = absl::Seconds(buffers_->copy_seconds());
   StagingBuffers* buffers = buffers_.get();
   AsyncSave* raw = save.get();  // the thread ends before `save` can go
   save->thread = std::thread([raw, buffers, ctx, write = std::move(write)]() {

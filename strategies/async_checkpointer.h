@@ -28,6 +28,7 @@ struct AsyncSave;  // a save in flight, shared by the checkpointer and its handl
 // What a finished asynchronous save cost.
 struct AsyncSaveTimes {
   absl::Duration blocked;  // the call: planning and staging
+  absl::Duration copies;   // of `blocked`, the copies into the staging buffers
   absl::Duration write;    // the background part, to the commit on every rank
   int64_t staged_bytes = 0;
   int64_t allocated_bytes = 0;  // new staging buffers (0 when all were reused)

@@ -577,8 +577,12 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     values.Set("rng_states", rng);
     values.Set("hparams", Value(hparams));
     const double t0 = Now();
-    if (o.async_save) {
-      FABRIC_RETURN_IF_ERROR(engine->SaveAsync(path, values));
+    absl::Status async = o.async_save ? engine->SaveAsync(path, values) : absl::OkStatus();
+    if (absl::IsResourceExhausted(async)) {
+      // The host cannot hold a second copy of the state: this save blocks.
+      fabric.Print(absl::StrCat("async save refused, saving synchronously: ", async.message()));
+    } else if (o.async_save) {
+      FABRIC_RETURN_IF_ERROR(async);
       // Blocked: the wait for the previous write plus the staging.
       last_save_seconds = waited + (Now() - t0);
       total_save_seconds += last_save_seconds;

@@ -10,6 +10,8 @@
 //     asynchronously every 2 steps to <dir>/step-<n>; prints each step's loss.
 //   --mode=fail: `good` saves; an asynchronous save to a path whose folder
 //     turned into a file after the up-front checks fails in the background: the next SaveAsync and then Finish report it.
+//   --mode=budget: with --max_staging_bytes below the state's size, SaveAsync
+//     fails on every rank and a synchronous Save then works.
 //   --mode=kill: `good` saves; rank 1 dies right after staging `killed`;
 //     rank 0 reports how long its wait took and the error.
 #include <unistd.h>
@@ -67,6 +69,7 @@ int Fail(const absl::Status& s) {
 
 int main(int argc, char** argv) {
   int devices = 1, steps = 4;
+  int64_t max_staging = 0;
   std::string dir, mode = "snapshot", strategy = "auto", state_dict_type = "sharded", resume;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -77,6 +80,7 @@ int main(int argc, char** argv) {
     else if (a.rfind("--resume=", 0) == 0) resume = a.substr(9);
     else if (a.rfind("--strategy=", 0) == 0) strategy = a.substr(11);
     else if (a.rfind("--state_dict_type=", 0) == 0) state_dict_type = a.substr(18);
+    else if (a.rfind("--max_staging_bytes=", 0) == 0) max_staging = std::stoll(a.substr(20));
   }
   fabric::FabricOptions options;
   options.accelerator = "cpu";
@@ -84,6 +88,7 @@ int main(int argc, char** argv) {
   options.strategy = strategy;
   options.state_dict_type = state_dict_type;
   options.timeout = absl::Seconds(60);
+  options.max_staging_bytes = max_staging;
   auto f = fabric::Fabric::Create(options);
   if (!f.ok()) return Fail(f.status());
   fabric::Fabric& fabric = **f;
@@ -162,6 +167,17 @@ int main(int argc, char** argv) {
                 finish.ok() ? "OK" : finish.ToString().c_str());
     std::fflush(stdout);
     return 0;
+  } else if (mode == "budget") {
+    // A staging budget too small for the state: every rank's SaveAsync fails
+    // (also a DDP rank that stages nothing), nothing is written, and a
+    // synchronous save still works.
+    CHECK_OK(run.Step().status());
+    fabric::State state = run.state();
+    absl::StatusOr<fabric::SaveHandle> h = fabric.SaveAsync(path("over"), state);
+    std::printf("rank %d: BUDGET %s\n", fabric.global_rank(),
+                h.ok() ? "OK" : h.status().ToString().c_str());
+    std::fflush(stdout);
+    CHECK_OK(fabric.Save(path("sync"), state));
   } else if (mode == "kill") {
     CHECK_OK(run.Step().status());
     fabric::State state = run.state();

@@ -166,6 +166,29 @@ TEST(AsyncSave, BackgroundFailureIsReported) {
   }
 }
 
+// A host copy over the staging budget is refused on every rank (the DDP
+// rank that stages nothing learns it too), before anything is written.
+TEST(AsyncSave, StagingOverTheBudgetIsRefusedEverywhere) {
+  for (const Config& c : {Configs()[1], Configs()[4]}) {
+    SCOPED_TRACE(c.name);
+    const std::string d = Dir("budget_" + c.name);
+    const std::string out =
+        Program(absl::StrCat(c.args, " --mode=budget --max_staging_bytes=64 --dir=", d));
+    for (int r = 0; r < 2; ++r) {
+      const size_t at = out.find(absl::StrCat("rank ", r, ": BUDGET "));
+      ASSERT_NE(at, std::string::npos) << out;
+      const std::string line = out.substr(at, out.find('\n', at) - at);
+      EXPECT_NE(line.find("RESOURCE_EXHAUSTED"), std::string::npos) << line;
+      EXPECT_NE(line.find("SaveAsync(" + d + "/over" + c.ext + ") on rank "), std::string::npos)
+          << line;
+      EXPECT_NE(line.find("of new host buffers"), std::string::npos) << line;
+    }
+    struct stat st;
+    EXPECT_NE(::stat((d + "/over" + c.ext).c_str(), &st), 0) << "a refused save wrote";
+    EXPECT_EQ(LoadState(d + "/sync" + c.ext).step, 1);
+  }
+}
+
 // A rank that dies with its save in flight: the survivor's wait fails within
 // seconds (not the 60 s collective timeout); the new checkpoint is
 // incomplete and refused, the previous one loads.
