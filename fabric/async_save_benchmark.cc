@@ -35,8 +35,8 @@ ABSL_FLAG(int, layers, 11, "Linear layers");
 ABSL_FLAG(int, width, 4096, "layer width");
 ABSL_FLAG(int, batch, 4, "rows per rank and step");
 ABSL_FLAG(int, repeat, 3, "saves of each kind to time (medians reported)");
-ABSL_FLAG(int, overlap_steps, 3, "steps right after each timed async save");
-ABSL_FLAG(int, steps, 12, "steps of each end-to-end run");
+ABSL_FLAG(int, overlap_steps, 1, "steps right after each timed save (sync and async)");
+ABSL_FLAG(int, steps, 8, "steps of each end-to-end run");
 ABSL_FLAG(int, every, 4, "save every this many steps in the end-to-end runs");
 
 namespace {
@@ -116,6 +116,7 @@ int main(int argc, char** argv) {
     return t.item<double>();
   };
   auto name = [&](const std::string& what, int i) { return absl::StrCat(dir, "/", what, "-", i); };
+  const double start = Now();
   CHECK_OK(train_step());  // Adam state exists from here on
 
   // Steps alone.
@@ -126,6 +127,10 @@ int main(int argc, char** argv) {
     plain_steps.push_back(Now() - t0);
   }
 
+  auto progress = [&](const std::string& what) {
+    if (rank == 0) std::fprintf(stderr, "[%7.1f s] %s\n", Now() - start, what.c_str());
+  };
+  progress(absl::StrFormat("steps alone: median %.3f s", Median(plain_steps)));
   // Synchronous saves.
   ResetPeak();
   std::vector<double> sync;
@@ -135,8 +140,12 @@ int main(int argc, char** argv) {
     fabric::State s = state();
     CHECK_OK(fabric.Save(name("sync", i), s));
     sync.push_back(Now() - t0);
+    // The same steps as after each async save, so that both peaks hold
+    // the steps' own memory (all-gathered parameters, gradients).
+    for (int k = 0; k < absl::GetFlag(FLAGS_overlap_steps); ++k) CHECK_OK(train_step());
   }
   const double sync_peak = peak(PeakGiB());
+  progress(absl::StrFormat("synchronous saves: median %.3f s", Median(sync)));
 
   // Asynchronous saves, training steps overlapping each write.
   ResetPeak();
@@ -150,17 +159,20 @@ int main(int argc, char** argv) {
     const double b = Now() - t0;
     (i == 0 ? first_blocked : blocked).push_back(b);  // the first allocates its buffers
     // The same number of steps on every rank (they are collectives); a step
-    // counts as overlapped when the write was still going at its end.
+    // counts as overlapped when the write was still going at its start (a
+    // step can outlast the whole write).
     for (int k = 0; k < absl::GetFlag(FLAGS_overlap_steps); ++k) {
       const double s0 = Now();
+      const bool writing = !h->done();
       CHECK_OK(train_step());
-      if (!h->done()) overlapped_steps.push_back(Now() - s0);
+      if (writing) overlapped_steps.push_back(Now() - s0);
     }
     CHECK_OK(h->Wait());
     background.push_back(absl::ToDoubleSeconds(h->times().write));
     if (i > 0) copies.push_back(absl::ToDoubleSeconds(h->times().copies));
   }
   const double async_peak = peak(PeakGiB());
+  progress(absl::StrFormat("asynchronous saves: blocked median %.3f s", Median(blocked)));
 
   // End to end.
   auto run = [&](int kind) -> absl::StatusOr<double> {
@@ -183,6 +195,7 @@ int main(int argc, char** argv) {
     absl::StatusOr<double> t = run(kind);
     if (!t.ok()) return Fail(t.status());
     e2e.push_back(*t);
+    progress(absl::StrFormat("end to end (%s): %.2f s", kind == 0 ? "no saves" : kind == 1 ? "sync" : "async", *t));
   }
 
   if (rank == 0) {
@@ -209,7 +222,9 @@ int main(int argc, char** argv) {
     std::printf("peak rss (max over ranks): sync saves %.2f GiB | async saves %.2f GiB\n", sync_peak,
                 async_peak);
   }
-  std::filesystem::remove_all(dir);
+  std::fflush(stdout);
+  CHECK_OK(fabric.Barrier());
+  if (rank == 0) std::filesystem::remove_all(dir);
   CHECK_OK(fabric.Finish());
   return 0;
 }
