@@ -520,7 +520,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
   // Asynchronous saves: the background writes' seconds, and the path in flight.
   double total_write_seconds = 0, last_write_seconds = 0;
   std::string in_flight;
-  int saves = 0;
+  int saves = 0, async_saves = 0, refused_async = 0;
   // Prunes once the newest save is complete on every rank.
   auto prune = [&]() -> absl::StatusOr<std::string> {
     std::string removed_note;
@@ -581,6 +581,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     if (absl::IsResourceExhausted(async)) {
       // The host cannot hold a second copy of the state: this save blocks.
       fabric.Print(absl::StrCat("async save refused, saving synchronously: ", async.message()));
+      ++refused_async;
     } else if (o.async_save) {
       FABRIC_RETURN_IF_ERROR(async);
       // Blocked: the wait for the previous write plus the staging.
@@ -588,6 +589,7 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
       total_save_seconds += last_save_seconds;
       ++saves;
       in_flight = path;
+      ++async_saves;
       fabric.Print(absl::StrFormat(
           "saving %s (%s) in the background: training blocked %.3f s (staging %.3f s, "
           "waiting for the previous write %.3f s)",
@@ -700,16 +702,20 @@ absl::Status RunTrainer(const TrainerOptions& raw) {
     fabric.Print(absl::StrCat("summary: no step run (already at step ", step, " of ", o.steps,
                               ") | peak rss: ", peak_text));
   }
-  if (saves > 0 && o.async_save) {
+  const std::string refused_note =
+      refused_async > 0
+          ? absl::StrCat(" | ", refused_async, " save(s) synchronous: the staged copy did not fit")
+          : std::string();
+  if (saves > 0 && async_saves > 0) {
     fabric.Print(absl::StrFormat(
         "checkpoint: %s | %s | async: training blocked %.3f s last, %.3f s in all (%d saves); "
-        "background writes %.2f s last, %.2f s in all",
+        "background writes %.2f s last, %.2f s in all%s",
         last_checkpoint, strategies::HumanBytes(PathBytes(last_checkpoint)), last_save_seconds,
-        total_save_seconds, saves, last_write_seconds, total_write_seconds));
+        total_save_seconds, saves, last_write_seconds, total_write_seconds, refused_note));
   } else if (saves > 0) {
-    fabric.Print(absl::StrFormat("checkpoint: %s | %s | last save %.2f s (%d saves, %.2f s)",
+    fabric.Print(absl::StrFormat("checkpoint: %s | %s | last save %.2f s (%d saves, %.2f s)%s",
                                  last_checkpoint, strategies::HumanBytes(PathBytes(last_checkpoint)),
-                                 last_save_seconds, saves, total_save_seconds));
+                                 last_save_seconds, saves, total_save_seconds, refused_note));
   }
   if (load_seconds >= 0) {
     fabric.Print(absl::StrFormat("load: %s in %.2f s", last_checkpoint, load_seconds));
