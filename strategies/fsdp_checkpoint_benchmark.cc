@@ -126,7 +126,7 @@ std::pair<double, double> RawReadFolder(const std::string& dir) {
 // of raw reads of the same files just before and just after it; the medians
 // are reported.
 void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
-  std::vector<double> loads, raws, ratios, peaks;
+  std::vector<double> loads, unchecked_loads, raws, ratios, peaks;
   double bytes = 0;
   for (int r = 0; r < repeat; ++r) {
     auto plain = std::make_shared<Stack>(layers, width);
@@ -146,10 +146,28 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
     peaks.push_back(GiB(StatusField("VmHWM:") - before));
     raws.push_back((raw_before + RawReadFolder(dir).second) / 2);
     ratios.push_back(loads.back() / raws.back());
-    std::cout << absl::StrFormat("resharding load %d: %.2f s, raw read %.2f s: %.2fx raw\n", r + 1,
-                                 loads.back(), raws.back(), ratios.back());
+    // The same load without checksums (structural checks stay), cold too.
+    {
+      auto plain2 = std::make_shared<Stack>(layers, width);
+      auto opt2 = std::make_shared<torch::optim::AdamW>(plain2->parameters(),
+                                                        torch::optim::AdamWOptions(1e-4));
+      State unchecked_state{{"model", plain2}, {"optimizer", opt2}, {"step", 0}};
+      FsdpCheckpointOptions unchecked;
+      unchecked.load.verify_checksums = false;
+      DropPageCache(dir);
+      auto t1 = Clock::now();
+      auto u = FsdpLoadCheckpoint(dir, unchecked_state, nullptr, unchecked);
+      unchecked_loads.push_back(Seconds(t1));
+      if (!u.ok()) std::cerr << u.status() << "\n";
+    }
+    std::cout << absl::StrFormat(
+        "resharding load %d: %.2f s with checksums, %.2f s without, raw read %.2f s: %.2fx raw\n",
+        r + 1, loads.back(), unchecked_loads.back(), raws.back(), ratios.back());
   }
   const double load_s = Median(loads), raw = Median(raws);
+  std::cout << absl::StrFormat(
+      "resharding load with checksums %.2f s, without %.2f s (checks cost %+.1f%%)\n", load_s,
+      Median(unchecked_loads), 100 * (load_s / Median(unchecked_loads) - 1));
   std::cout << absl::StrFormat(
       "resharding load 2 -> 1 rank: %.2f GB in %.2f s (%.2f GB/s); raw O_DIRECT read of the same "
       "files %.2f s (%.2f GB/s); median of per-load ratios %.2fx raw; peak %.2f GiB above the "
