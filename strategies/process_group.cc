@@ -44,6 +44,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "strategies/sigpipe.h"
 
 namespace fabric::strategies {
 namespace {
@@ -573,6 +574,7 @@ absl::StatusOr<std::shared_ptr<DistributedContext>> DistributedContext::Create(
   const absl::Duration rendezvous_timeout = options.rendezvous_timeout > absl::ZeroDuration()
                                                 ? options.rendezvous_timeout
                                                 : options.timeout;
+  IgnoreSigpipeUnlessHandled();  // A dead peer fails a collective, not this process.
   auto impl = std::make_unique<Impl>();
   impl->cluster = cluster;
   impl->options = options;

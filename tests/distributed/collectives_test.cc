@@ -4,7 +4,10 @@
 // tests). Gloo over a TCPStore on 127.0.0.1, on a free port per launch.
 
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 #include <iostream>
@@ -19,6 +22,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "strategies/cluster_environment.h"
+#include "strategies/free_port.h"
 #include "strategies/launcher.h"
 #include "strategies/process_group.h"
 #include "tests/distributed/collective_checks.h"
@@ -171,6 +175,28 @@ TEST(Failures, KilledRankIsNamedAndNothingHangs) {
   EXPECT_EQ(finished.message().find("rank 1 "), std::string::npos) << finished;
   for (pid_t pid : pids) EXPECT_TRUE(IsReaped(pid)) << pid;
   EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+}
+
+// c10d writes to its sockets without MSG_NOSIGNAL: once a process group
+// exists, a write to a peer that died must fail with EPIPE (and so name the
+// dead rank) instead of ending this process silently by SIGPIPE.
+TEST(Failures, WriteToADeadPeerFailsInsteadOfKillingTheRank) {
+  ClusterEnvironment c;
+  absl::StatusOr<int> port = strategies::FindFreePort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  c.master_port = *port;
+  absl::StatusOr<std::shared_ptr<DistributedContext>> ctx = Connect(c, absl::Seconds(10));
+  ASSERT_TRUE(ctx.ok()) << ctx.status();
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  close(fds[1]);  // The peer dies.
+  const char byte = 'x';
+  for (int i = 0; i < 2; ++i) {
+    errno = 0;
+    EXPECT_EQ(write(fds[0], &byte, 1), -1);
+    EXPECT_EQ(errno, EPIPE);
+  }
+  close(fds[0]);
 }
 
 TEST(Failures, StalledRankTimesOutAndIsTerminated) {

@@ -217,11 +217,11 @@ void KillNodeAndResume(const Topology& t, const Reference& ref) {
   std::optional<int> status = nodes[0].Wait(absl::Seconds(30));
   ASSERT_TRUE(status.has_value()) << "node 0 outlived node 1:\n" << nodes[0].Log();
   const absl::Duration reported = absl::Now() - killed;
-  EXPECT_NE(*status, 0);
   const std::string log0 = nodes[0].Log();
+  EXPECT_NE(*status, 0) << log0;
   EXPECT_TRUE(log0.find("rank(s) 2, 3 (node 1) stopped") != std::string::npos ||
               log0.find("rank 2") != std::string::npos || log0.find("rank 3") != std::string::npos)
-      << log0;
+      << "node 0 " << DescribeStatus(*status) << ":\n" << log0;
   for (pid_t pid : node0) EXPECT_TRUE(Gone(pid)) << "orphan " << pid;
   for (pid_t pid : node1) EXPECT_TRUE(Gone(pid)) << "orphan " << pid;
   std::printf("[%s] node 1 killed: node 0 ended %.2f s later\n", t.name.c_str(),
