@@ -28,6 +28,11 @@ constexpr size_t kParallelReadMin = size_t{64} << 20;
 // 0.9 for O_DIRECT through a bounce buffer.
 constexpr size_t kReadPiece = size_t{16} << 20;
 constexpr int kReadThreads = 4;
+// A checked piece is read and checksummed this much at a time, so that the
+// CRC reads bytes still in the core's L2 (4 MiB here) rather than from
+// memory: warm, 256 KiB steps cost the load ~5% where a CRC after each
+// 16 MiB read cost ~30%. readahead(2) first keeps the disk's requests big.
+constexpr size_t kCrcStep = size_t{256} << 10;
 // ReadBatch joins requests whose file ranges are at most this far apart (zip
 // headers and alignment padding between tensor records) into one preadv.
 constexpr size_t kMaxGap = size_t{64} << 10;
@@ -150,8 +155,14 @@ absl::Status FileReader::ReadSpan(const Span& span, Piece* pieces, char* scratch
                                   bool crc) const {
   if (span.last - span.first == 1) {
     Piece& p = pieces[span.first];
-    FABRIC_RETURN_IF_ERROR(ReadRange(p.offset, p.dst, p.n));
-    if (crc) p.crc = Crc32(0, p.dst, p.n);
+    if (!crc) return ReadRange(p.offset, p.dst, p.n);
+    if (p.n > kCrcStep) (void)readahead(fd_, static_cast<off64_t>(p.offset), p.n);
+    p.crc = 0;
+    for (size_t at = 0; at < p.n; at += kCrcStep) {
+      const size_t n = std::min(kCrcStep, p.n - at);
+      FABRIC_RETURN_IF_ERROR(ReadRange(p.offset + at, p.dst + at, n));
+      p.crc = Crc32(p.crc, p.dst + at, n);
+    }
     return absl::OkStatus();
   }
   std::vector<iovec> iov;

@@ -184,6 +184,41 @@ TEST(LoadChecks, TruncatedSingleFileIsRefused) {
   }
 }
 
+// Records bigger than one read piece (16 MiB) are read and checksummed in
+// steps (256 KiB): a flip at the edges of steps and pieces is caught too.
+TEST(LoadChecks, LargeRecordFlippedAtStepAndPieceEdgesIsRefused) {
+  const std::string dir = TestDir("large");
+  const std::string path = dir + "/ckpt.pt";
+  at::manual_seed(5);
+  const at::Tensor big = at::randn({10 << 20});  // 40 MiB: three pieces
+  ASSERT_TRUE(TorchSave(path, Value(Dict{{"big", Value(big)}})).ok());
+  const std::string bytes = Slurp(path);
+  absl::StatusOr<std::unique_ptr<TorchFile>> file = TorchFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const ZipReader::Entry* data = nullptr;  // the tensor's record: the largest
+  for (const ZipReader::Entry& e : (*file)->zip().entries()) {
+    if (!data || e.size > data->size) data = &e;
+  }
+  ASSERT_NE(data, nullptr);
+  ASSERT_EQ(data->size, big.numel() * 4u);
+  const uint64_t step = 256 << 10, piece = 16 << 20;
+  const std::string flipped = dir + "/flipped.pt";
+  for (uint64_t at : {uint64_t{0}, step - 1, step, piece - 1, piece, 2 * piece + 3 * step + 7,
+                      data->size - 1}) {
+    std::string b = bytes;
+    b[data->data_offset + at] = static_cast<char>(b[data->data_offset + at] ^ 0x01);
+    Spit(flipped, b);
+    absl::StatusOr<Value> loaded = TorchLoad(flipped);
+    ASSERT_FALSE(loaded.ok()) << "flip at byte " << at << " of the record loaded";
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss) << loaded.status();
+    EXPECT_NE(loaded.status().message().find("'big'"), std::string::npos) << loaded.status();
+    EXPECT_NE(loaded.status().message().find(flipped), std::string::npos) << loaded.status();
+  }
+  absl::StatusOr<Value> intact = TorchLoad(path);
+  ASSERT_TRUE(intact.ok()) << intact.status();
+  EXPECT_TRUE(at::equal(intact->as_dict().Find("big")->as_tensor(), big));
+}
+
 // Two ranks' shards of "model.w" (rows 0-3 and 4-7), "model.b" whole on
 // rank 0, a bytes value on rank 1.
 void WriteSharded(const std::string& dir, int seed) {
