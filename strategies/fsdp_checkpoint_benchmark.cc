@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -41,6 +42,7 @@
 #include "checkpoint/disk_reference.h"
 #include "strategies/fsdp.h"
 #include "checkpoint/state.h"
+#include "checkpoint/state_snapshot.h"
 #include "strategies/fsdp_checkpoint.h"
 #include "strategies/launcher.h"
 #include "strategies/process_group.h"
@@ -122,6 +124,15 @@ std::pair<double, double> RawReadFolder(const std::string& dir) {
   return {bytes, s};
 }
 
+// sync, then 3 s without I/O: on this virtual disk the first reads after
+// gigabytes of writes are slow while the host flushes them (the first 2 -> 2
+// load after the saves took 1.8x a raw read without this pause, the next ones
+// 1.02-1.04x), as torch_save_benchmark found.
+void Quiet() {
+  ::sync();
+  ::sleep(3);
+}
+
 // One resharding load of `dir` into a new model and optimizer without state
 // (as a fresh process would), checksums on or off; returns its seconds.
 double LoadOnce(const std::string& dir, int layers, int width, bool checked,
@@ -152,8 +163,14 @@ double LoadOnce(const std::string& dir, int layers, int width, bool checked,
 void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
   std::vector<double> loads, unchecked_loads, raws, ratios, peaks;
   double bytes = 0;
+  // Not counted: the first buffered reads after gigabytes of writes wait for
+  // the host to flush them (one such load took 14 s against 2 s after it).
+  Quiet();
+  DropPageCache(dir);
+  std::cout << absl::StrFormat("resharding: first load after the saves (not counted) %.2f s\n",
+                               LoadOnce(dir, layers, width, true));
   for (int r = 0; r < repeat; ++r) {
-    ::sync();
+    Quiet();
     const auto [read_bytes, raw_before] = RawReadFolder(dir);
     bytes = read_bytes;
     double peak = 0;
@@ -189,6 +206,29 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
     warm_checked.push_back(LoadOnce(dir, layers, width, true));
     warm_unchecked.push_back(LoadOnce(dir, layers, width, false));
   }
+  // What Fabric::Load adds to make a load all or nothing: the copy of the
+  // live state it takes before reading (StateSnapshot), timed on the same
+  // model and optimizer (with state, as at a resume).
+  std::vector<double> snapshots;
+  uint64_t snapshot_bytes = 0;
+  {
+    auto plain = std::make_shared<Stack>(layers, width);
+    auto opt = std::make_shared<torch::optim::AdamW>(plain->parameters(),
+                                                     torch::optim::AdamWOptions(1e-4));
+    State state{{"model", plain}, {"optimizer", opt}, {"step", 0}};
+    auto loaded = FsdpLoadCheckpoint(dir, state, nullptr);
+    if (!loaded.ok()) std::cerr << loaded.status() << "\n";
+    for (int r = 0; r < 3; ++r) {
+      auto t0 = Clock::now();
+      absl::StatusOr<StateSnapshot> snap = StateSnapshot::Of(state);
+      snapshots.push_back(Seconds(t0));
+      if (snap.ok()) snapshot_bytes = snap->bytes();
+    }
+  }
+  std::cout << absl::StrFormat(
+      "all-or-nothing snapshot (Fabric::Load copies the live state first): %.2f GB in %.2f s, "
+      "%.0f%% of the cold checked load\n",
+      snapshot_bytes / 1e9, Median(snapshots), 100 * Median(snapshots) / load_s);
   std::cout << absl::StrFormat(
       "resharding load from the page cache: %.2f s with checksums, %.2f s without (checks cost "
       "%+.1f%%, %.2f GB/s checked)\n",
@@ -304,16 +344,40 @@ int Run() {
   const double save_ratio = Median(ratios);
   if (!s.ok()) std::cerr << s << "\n";
   Report(rank, "sharded save");
-  ::sync();
-  (void)ctx->Barrier();
-  if (rank == 0) DropPageCache(sharded);
-  (void)ctx->Barrier();
+  if (rank == 0) Quiet();
+  // Sharded loads 2 -> 2, each cold; the median is reported.
+  std::vector<double> sharded_loads, sharded_raws;
+  {  // Not counted, as for the resharding loads below.
+    (void)ctx->Barrier();
+    if (rank == 0) DropPageCache(sharded);
+    (void)ctx->Barrier();
+    t0 = Clock::now();
+    auto first = FsdpLoadCheckpoint(sharded, state, WrapperLookup({&fsdp}));
+    (void)ctx->Barrier();
+    if (!first.ok()) std::cerr << first.status() << "\n";
+    if (rank == 0) {
+      std::cout << absl::StrFormat("sharded: first load after the saves (not counted) %.2f s\n",
+                                   Seconds(t0));
+    }
+  }
   ResetPeak();
-  t0 = Clock::now();
-  auto loaded = FsdpLoadCheckpoint(sharded, state, WrapperLookup({&fsdp}));
-  (void)ctx->Barrier();
-  const double load_s = Seconds(t0);
-  if (!loaded.ok()) std::cerr << loaded.status() << "\n";
+  for (int r = 0; r < repeat; ++r) {
+    (void)ctx->Barrier();
+    if (rank == 0) sharded_raws.push_back(RawReadFolder(sharded).second);
+    if (rank == 0) DropPageCache(sharded);
+    (void)ctx->Barrier();
+    t0 = Clock::now();
+    auto loaded = FsdpLoadCheckpoint(sharded, state, WrapperLookup({&fsdp}));
+    (void)ctx->Barrier();
+    sharded_loads.push_back(Seconds(t0));
+    if (!loaded.ok()) std::cerr << loaded.status() << "\n";
+    if (rank == 0) {
+      std::cout << absl::StrFormat("sharded load %d (2 -> 2): %.2f s, raw read just before %.2f s: "
+                                   "%.2fx raw\n", r + 1, sharded_loads.back(),
+                                   sharded_raws.back(), sharded_loads.back() / sharded_raws.back());
+    }
+  }
+  const double load_s = Median(sharded_loads);
   Report(rank, "sharded load");
   {  // The model alone (a third of the bytes), cold again.
     State model_only{{"model", fsdp.module_ptr()}};
@@ -360,11 +424,17 @@ int Run() {
   model.reset();
   if (rank == 0) {
     (*launcher)->Finish(absl::Minutes(5)).IgnoreError();
-    ReshardingLoad(sharded, layers, width, repeat);
+    // The resharding loads run in a new process, as a resume does.
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    std::fflush(stdout);
+    const int rc = std::system(absl::StrCat(self, " --reshard_only=", sharded, " --repeat=", repeat,
+                                            " --layers=", layers, " --width=", width)
+                                   .c_str());
+    if (rc != 0) std::cerr << "resharding loads: exit status " << rc << "\n";
     const std::string python = absl::GetFlag(FLAGS_python);
     if (!python.empty()) {
       const std::string cmd = absl::StrCat(python, " ", absl::GetFlag(FLAGS_script), " ", dir,
-                                           "/py_sharded ", layers, " ", width, " 2>/dev/null");
+                                           "/py_sharded ", layers, " ", width, " ", repeat, " 2>/dev/null");
       FILE* p = ::popen(cmd.c_str(), "r");
       char line[256];
       double py_save = 0, py_load = 0;
