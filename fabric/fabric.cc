@@ -306,7 +306,10 @@ absl::StatusOr<Dict> Fabric::Load(const std::string& path, State& state, bool st
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   FABRIC_RETURN_IF_ERROR(WaitForSave());
   FABRIC_RETURN_IF_ERROR(CheckSameCheckpoint(path));
-  FABRIC_ASSIGN_OR_RETURN(const StateSnapshot snapshot, StateSnapshot::Of(state, ShardsOf()));
+  StateSnapshot snapshot;
+  if (options_.all_or_nothing_loads) {
+    FABRIC_ASSIGN_OR_RETURN(snapshot, StateSnapshot::Of(state, ShardsOf()));
+  }
   absl::StatusOr<Dict> rest = strategy_->Load(path, state, strict);
   FABRIC_RETURN_IF_ERROR(AllOrNothing(snapshot, &state, rest.status()));
   return rest;
@@ -322,7 +325,8 @@ absl::StatusOr<Dict> Fabric::Load(const std::string& path) {
 absl::Status Fabric::LoadRaw(const std::string& path, torch::nn::Module& module, bool strict) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   FABRIC_RETURN_IF_ERROR(WaitForSave());
-  const StateSnapshot snapshot = StateSnapshot::Of(module, ShardsOf());
+  const StateSnapshot snapshot =
+      options_.all_or_nothing_loads ? StateSnapshot::Of(module, ShardsOf()) : StateSnapshot();
   absl::Status loaded;
   if (IsSafetensorsPath(path)) {
     // Hugging Face weights: every rank reads what it holds (FSDP: its rows).
@@ -343,7 +347,10 @@ absl::Status Fabric::LoadRaw(const std::string& path, torch::nn::Module& module,
 
 absl::Status Fabric::LoadRaw(const std::string& path, torch::optim::Optimizer& optimizer) {
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
-  FABRIC_ASSIGN_OR_RETURN(const StateSnapshot snapshot, StateSnapshot::Of(optimizer));
+  StateSnapshot snapshot;
+  if (options_.all_or_nothing_loads) {
+    FABRIC_ASSIGN_OR_RETURN(snapshot, StateSnapshot::Of(optimizer));
+  }
   return AllOrNothing(snapshot, nullptr, strategy_->LoadRaw(path, optimizer));
 }
 

@@ -23,10 +23,11 @@ std::string TmpPath(const std::string& name) {
   return std::string(std::getenv("TEST_TMPDIR")) + "/" + name;
 }
 
-std::unique_ptr<Fabric> CpuFabric(bool verify = true) {
+std::unique_ptr<Fabric> CpuFabric(bool verify = true, bool all_or_nothing = true) {
   FabricOptions options;
   options.accelerator = "cpu";
   options.verify_checksums = verify;
+  options.all_or_nothing_loads = all_or_nothing;
   auto f = Fabric::Create(options);
   EXPECT_TRUE(f.ok()) << f.status();
   return *std::move(f);
@@ -128,6 +129,32 @@ TEST(FabricLoadChecks, RefusedLoadLeavesModelAndOptimizerAsTheyWere) {
   State again{{"model", net.ptr()}, {"optimizer", opt}, {"step", 3}};
   EXPECT_TRUE(unchecked->Load(path, again).ok());
   EXPECT_FALSE(Same(Snapshot(net, *opt), before_raw));
+}
+
+// all_or_nothing_loads = false: no copy is taken, so a load refused at the
+// optimizer's record still fails, naming it, but the model weights read
+// before it stay loaded.
+TEST(FabricLoadChecks, WithoutAllOrNothingARefusedLoadFailsAndIsNotUndone) {
+  auto fabric = CpuFabric(/*verify=*/true, /*all_or_nothing=*/false);
+  auto net = Net();
+  ASSERT_TRUE(fabric->SetupModule(net.ptr()).ok());
+  auto opt = std::make_shared<torch::optim::Adam>(net->parameters(), 1e-2);
+  Step(net, *opt);
+  const std::string path = TmpPath("flipped_no_snapshot.pt");
+  State saved{{"model", net.ptr()}, {"optimizer", opt}, {"step", 1}};
+  ASSERT_TRUE(fabric->Save(path, saved).ok());
+  std::vector<at::Tensor> saved_weights;
+  for (const auto& p : net->parameters()) saved_weights.push_back(p.detach().clone());
+  const std::string key = FlipLastStorage(path);
+  Step(net, *opt);
+  State state{{"model", net.ptr()}, {"optimizer", opt}, {"step", 2}};
+  absl::StatusOr<Dict> rest = fabric->Load(path, state);
+  ASSERT_FALSE(rest.ok());
+  EXPECT_EQ(rest.status().code(), absl::StatusCode::kDataLoss) << rest.status();
+  EXPECT_NE(rest.status().message().find("'" + key + "'"), std::string::npos) << rest.status();
+  std::vector<at::Tensor> now;
+  for (const auto& p : net->parameters()) now.push_back(p.detach().clone());
+  EXPECT_TRUE(Same(now, saved_weights)) << "the weights read before the refused record";
 }
 
 // An intact checkpoint still loads in full (the snapshot is dropped).
