@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <condition_variable>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -43,7 +45,9 @@ class FileReader {
   // With `crcs`, it is resized to requests.size() and crcs[i] is the CRC-32 of
   // request i's bytes, computed by the reading threads on each piece right
   // after it lands (still in cache, while the other threads' reads are in
-  // flight) and combined per request.
+  // flight) and combined per request. However many threads call ReadBatch
+  // at once (a load reads several tensors at a time), at most kInFlight span
+  // reads of this file run together: more only made the disk slower.
   absl::Status ReadBatch(std::vector<ReadRequest> requests,
                          std::vector<uint32_t>* crcs = nullptr) const;
 
@@ -55,9 +59,15 @@ class FileReader {
   absl::Status ReadRange(uint64_t offset, char* dst, size_t n) const;
   absl::Status ReadSpan(const Span& span, Piece* pieces, char* scratch, bool crc) const;
 
+  // Holds one of the file's kInFlight read slots while alive.
+  class ReadSlot;
+
   const std::string path_;
   const int fd_;
   const uint64_t size_;
+  mutable std::mutex slots_mu_;
+  mutable std::condition_variable slots_cv_;
+  mutable int in_flight_ = 0;
 };
 
 }  // namespace fabric
