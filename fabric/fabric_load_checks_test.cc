@@ -88,15 +88,29 @@ std::string FlipLastStorage(const std::string& path) {
   return key;
 }
 
+// A set-up model and Adam after one step, saved (step 1) to `name`.
+struct Saved {
+  std::unique_ptr<Fabric> fabric;
+  torch::nn::Sequential net = Net();
+  std::shared_ptr<torch::optim::Adam> opt;
+  std::string path;
+};
+
+Saved TrainOneStepAndSave(std::unique_ptr<Fabric> fabric, const std::string& name) {
+  Saved s;
+  s.fabric = std::move(fabric);
+  EXPECT_TRUE(s.fabric->SetupModule(s.net.ptr()).ok());
+  s.opt = std::make_shared<torch::optim::Adam>(s.net->parameters(), 1e-2);
+  Step(s.net, *s.opt);
+  s.path = TmpPath(name);
+  State saved{{"model", s.net.ptr()}, {"optimizer", s.opt}, {"step", 1}};
+  EXPECT_TRUE(s.fabric->Save(s.path, saved).ok());
+  return s;
+}
+
 TEST(FabricLoadChecks, RefusedLoadLeavesModelAndOptimizerAsTheyWere) {
-  auto fabric = CpuFabric();
-  auto net = Net();
-  ASSERT_TRUE(fabric->SetupModule(net.ptr()).ok());
-  auto opt = std::make_shared<torch::optim::Adam>(net->parameters(), 1e-2);
-  Step(net, *opt);
-  const std::string path = TmpPath("flipped.pt");
-  State saved{{"model", net.ptr()}, {"optimizer", opt}, {"step", 1}};
-  ASSERT_TRUE(fabric->Save(path, saved).ok());
+  Saved t = TrainOneStepAndSave(CpuFabric(), "flipped.pt");
+  auto& [fabric, net, opt, path] = t;
   const std::string key = FlipLastStorage(path);
   ASSERT_FALSE(key.empty());
 
@@ -135,14 +149,9 @@ TEST(FabricLoadChecks, RefusedLoadLeavesModelAndOptimizerAsTheyWere) {
 // optimizer's record still fails, naming it, but the model weights read
 // before it stay loaded.
 TEST(FabricLoadChecks, WithoutAllOrNothingARefusedLoadFailsAndIsNotUndone) {
-  auto fabric = CpuFabric(/*verify=*/true, /*all_or_nothing=*/false);
-  auto net = Net();
-  ASSERT_TRUE(fabric->SetupModule(net.ptr()).ok());
-  auto opt = std::make_shared<torch::optim::Adam>(net->parameters(), 1e-2);
-  Step(net, *opt);
-  const std::string path = TmpPath("flipped_no_snapshot.pt");
-  State saved{{"model", net.ptr()}, {"optimizer", opt}, {"step", 1}};
-  ASSERT_TRUE(fabric->Save(path, saved).ok());
+  Saved t = TrainOneStepAndSave(CpuFabric(/*verify=*/true, /*all_or_nothing=*/false),
+                                "flipped_no_snapshot.pt");
+  auto& [fabric, net, opt, path] = t;
   std::vector<at::Tensor> saved_weights;
   for (const auto& p : net->parameters()) saved_weights.push_back(p.detach().clone());
   const std::string key = FlipLastStorage(path);
@@ -159,14 +168,8 @@ TEST(FabricLoadChecks, WithoutAllOrNothingARefusedLoadFailsAndIsNotUndone) {
 
 // An intact checkpoint still loads in full (the snapshot is dropped).
 TEST(FabricLoadChecks, IntactLoadRestoresTheSavedState) {
-  auto fabric = CpuFabric();
-  auto net = Net();
-  ASSERT_TRUE(fabric->SetupModule(net.ptr()).ok());
-  auto opt = std::make_shared<torch::optim::Adam>(net->parameters(), 1e-2);
-  Step(net, *opt);
-  const std::string path = TmpPath("intact.pt");
-  State saved{{"model", net.ptr()}, {"optimizer", opt}, {"step", 1}};
-  ASSERT_TRUE(fabric->Save(path, saved).ok());
+  Saved t = TrainOneStepAndSave(CpuFabric(), "intact.pt");
+  auto& [fabric, net, opt, path] = t;
   const std::vector<at::Tensor> at_save = Snapshot(net, *opt);
   Step(net, *opt);
   State state{{"model", net.ptr()}, {"optimizer", opt}, {"step", 0}};

@@ -124,23 +124,33 @@ std::pair<double, double> RawReadFolder(const std::string& dir) {
   return {bytes, s};
 }
 
-// sync, then 3 s without I/O: on this virtual disk the first reads after
-// gigabytes of writes are slow while the host flushes them (the first 2 -> 2
-// load after the saves took 1.8x a raw read without this pause, the next ones
-// 1.02-1.04x), as torch_save_benchmark found.
+// sync, then 3 s without I/O, before the loads: on this virtual disk the
+// first reads after gigabytes of writes are slow while the host flushes them,
+// as torch_save_benchmark found. (Not always enough: the first load after the
+// saves is also run uncounted.)
 void Quiet() {
   ::sync();
   ::sleep(3);
 }
 
-// One resharding load of `dir` into a new model and optimizer without state
-// (as a fresh process would), checksums on or off; returns its seconds.
+// A new model and an optimizer without state, as a fresh process has.
+struct FreshState {
+  FreshState(int layers, int width)
+      : model(std::make_shared<Stack>(layers, width)),
+        opt(std::make_shared<torch::optim::AdamW>(model->parameters(),
+                                                  torch::optim::AdamWOptions(1e-4))),
+        state{{"model", model}, {"optimizer", opt}, {"step", 0}} {}
+  std::shared_ptr<Stack> model;
+  std::shared_ptr<torch::optim::AdamW> opt;
+  State state;
+};
+
+// One resharding load of `dir` into a FreshState, checksums on or off;
+// returns its seconds.
 double LoadOnce(const std::string& dir, int layers, int width, bool checked,
                 double* peak_gib = nullptr) {
-  auto plain = std::make_shared<Stack>(layers, width);
-  auto opt = std::make_shared<torch::optim::AdamW>(plain->parameters(),
-                                                   torch::optim::AdamWOptions(1e-4));
-  State state{{"model", plain}, {"optimizer", opt}, {"step", 0}};
+  FreshState fresh(layers, width);
+  State& state = fresh.state;
   FsdpCheckpointOptions options;
   options.load.verify_checksums = checked;
   ResetPeak();
@@ -212,10 +222,8 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
   std::vector<double> snapshots;
   uint64_t snapshot_bytes = 0;
   {
-    auto plain = std::make_shared<Stack>(layers, width);
-    auto opt = std::make_shared<torch::optim::AdamW>(plain->parameters(),
-                                                     torch::optim::AdamWOptions(1e-4));
-    State state{{"model", plain}, {"optimizer", opt}, {"step", 0}};
+    FreshState fresh(layers, width);
+    State& state = fresh.state;
     auto loaded = FsdpLoadCheckpoint(dir, state, nullptr);
     if (!loaded.ok()) std::cerr << loaded.status() << "\n";
     for (int r = 0; r < 3; ++r) {

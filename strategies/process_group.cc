@@ -2,9 +2,6 @@
 // failure diagnosis (byte and status collectives: process_group_bytes.cc).
 #include "strategies/process_group.h"
 
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,7 +41,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
-#include "strategies/sigpipe.h"
+#include "strategies/sockets.h"
 
 namespace fabric::strategies {
 namespace {
@@ -100,40 +97,6 @@ std::string DescribeTensor(const at::Tensor& t) {
   return absl::StrCat(HumanBytes(t.numel() * static_cast<int64_t>(t.element_size())), " (",
                       c10::getDtypeNames(t.scalar_type()).first, "[",
                       absl::StrJoin(t.sizes(), ","), "])");
-}
-
-bool IsLoopback(const std::string& host) {
-  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
-}
-
-// The address this machine uses to reach `host` (the route's source): Gloo
-// binds it, so that peers on other nodes can connect back whatever the
-// hostname resolves to. Empty when it cannot tell.
-std::string LocalAddressFor(const std::string& host, int port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_DGRAM;
-  addrinfo* found = nullptr;
-  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return "";
-  std::string local;
-  for (addrinfo* a = found; a != nullptr && local.empty(); a = a->ai_next) {
-    const int fd = socket(a->ai_family, a->ai_socktype, 0);
-    if (fd < 0) continue;
-    sockaddr_storage me{};
-    socklen_t len = sizeof(me);
-    // UDP connect sends nothing: it only picks the route.
-    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
-        getsockname(fd, reinterpret_cast<sockaddr*>(&me), &len) == 0) {
-      char text[INET6_ADDRSTRLEN] = {};
-      const void* raw = me.ss_family == AF_INET
-                            ? static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&me)->sin_addr)
-                            : static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&me)->sin6_addr);
-      if (inet_ntop(me.ss_family, raw, text, sizeof(text)) != nullptr) local = text;
-    }
-    close(fd);
-  }
-  freeaddrinfo(found);
-  return local;
 }
 
 struct Arrival {
