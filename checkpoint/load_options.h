@@ -13,6 +13,13 @@ struct LoadOptions {
   // optimizer are left as they were. Off: records are not checksummed (the
   // structural checks of zip, pickle and .metadata stay).
   bool verify_checksums = true;
+  // Read optimizer state straight into the optimizer's current buffers where
+  // they fit: a reload needs no new memory, but a load refused partway leaves
+  // them partly read. Off (Fabric's all-or-nothing loads): the state is read
+  // into new tensors and installed only after every read and check passed, so
+  // the old state stays intact without a copy (StateSnapshot then only keeps
+  // references to it).
+  bool into_live_optimizer_buffers = true;
 };
 
 }  // namespace fabric

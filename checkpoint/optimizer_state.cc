@@ -423,7 +423,7 @@ absl::StatusOr<Dict> OptimizerStateDict(const Optimizer& optimizer) {
 
 absl::Status LoadOptimizerState(Optimizer& optimizer, const Dict& state,
                                 const TensorSource& source, std::string_view key_prefix,
-                                const TensorBatchSource& batch) {
+                                const TensorBatchSource& batch, bool into_existing_buffers) {
   FABRIC_ASSIGN_OR_RETURN(OptKind kind, KindOf(optimizer));
   const std::string type = kind == OptKind::kSGD    ? "torch::optim::SGD"
                            : kind == OptKind::kAdam ? "torch::optim::Adam"
@@ -515,7 +515,8 @@ absl::Status LoadOptimizerState(Optimizer& optimizer, const Dict& state,
       return Invalid(path, absl::StrCat("expected a dict, got ", value.kind_name()));
     }
     const at::Tensor& param = it->second.param;
-    const auto old_it = states.find(param.unsafeGetTensorImpl());
+    const auto old_it = into_existing_buffers ? states.find(param.unsafeGetTensorImpl())
+                                              : states.end();
     const OptimizerParamState* old = old_it == states.end() ? nullptr : old_it->second.get();
     std::unique_ptr<OptimizerParamState> parsed;
     switch (kind) {

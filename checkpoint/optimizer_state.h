@@ -58,11 +58,14 @@ absl::StatusOr<Dict> OptimizerStateDict(const torch::optim::Optimizer& optimizer
 // that reloading a checkpoint into a live optimizer needs no second copy of
 // its state (an I/O error partway leaves those buffers partly read, as
 // LoadModuleState leaves parameters). With `batch`, such reads happen in one
-// call after every check.
+// call after every check. With `into_existing_buffers` false every state
+// tensor is new: nothing of the optimizer changes unless the whole load
+// succeeds (LoadOptions::into_live_optimizer_buffers).
 absl::Status LoadOptimizerState(torch::optim::Optimizer& optimizer, const Dict& state,
                                 const TensorSource& source = nullptr,
                                 std::string_view key_prefix = "optimizer",
-                                const TensorBatchSource& batch = nullptr);
+                                const TensorBatchSource& batch = nullptr,
+                                bool into_existing_buffers = true);
 
 }  // namespace fabric
 

@@ -795,39 +795,60 @@ TEST(LoadOptimizerState, ConvertsStateToTheParameterDtype) {
   }
 }
 
+// A stand-in for a file holding `reference`'s optimizer state: each state
+// tensor of `sd` is a ref into `storages`, read by `source` (one at a time)
+// or `batch` (several). Reading the storage `fail_key` fails either way, as a
+// record with a bad CRC does.
+struct FileStandIn {
+  explicit FileStandIn(torch::optim::Optimizer& reference)
+      : sd(DeepCopy(*OptimizerStateDict(reference))) {
+    for (auto& [i, entry] : sd.Find("state")->as_dict().mutable_items()) {
+      for (auto& [k, v] : entry.as_dict().mutable_items()) {
+        const at::Tensor t = v.as_tensor();
+        TensorRef ref;
+        ref.storage_key = absl::StrCat(storages.size());
+        ref.dtype = t.scalar_type();
+        ref.storage_numel = t.numel();
+        ref.sizes = t.sizes().vec();
+        ref.strides = t.strides().vec();
+        storages[ref.storage_key] = t;
+        v = Value(ref);
+      }
+    }
+    source = [this](const TensorRef& ref, at::Tensor& dst) {
+      ++single_reads;
+      if (ref.storage_key == fail_key) return absl::DataLossError("CRC-32 mismatch (stand-in)");
+      dst.copy_(storages.at(ref.storage_key));
+      return absl::OkStatus();
+    };
+    batch = [this](std::vector<TensorRead>& reads) {
+      ++batches;
+      for (TensorRead& r : reads) {
+        if (r.ref.storage_key == fail_key) {
+          return absl::DataLossError("CRC-32 mismatch (stand-in)");
+        }
+        r.destination.copy_(storages.at(r.ref.storage_key));
+        ++batched;
+      }
+      return absl::OkStatus();
+    };
+  }
+
+  Dict sd;
+  std::map<std::string, at::Tensor> storages;
+  int single_reads = 0, batches = 0;
+  std::string fail_key;
+  size_t batched = 0;
+  TensorSource source;
+  TensorBatchSource batch;
+};
+
 // Reloading a file into a live optimizer reads into its existing buffers (no
 // second copy of the state), after every check, in one batch.
 TEST(LoadOptimizerState, FileTensorsGoIntoTheLiveBuffersInOneBatch) {
   Trainer reference = AdamTrainer();
-  Dict sd = DeepCopy(*OptimizerStateDict(*reference.opt));
-  // Stand-in for a file: each state tensor becomes a ref into `storages`.
-  std::map<std::string, at::Tensor> storages;
-  for (auto& [i, entry] : sd.Find("state")->as_dict().mutable_items()) {
-    for (auto& [k, v] : entry.as_dict().mutable_items()) {
-      const at::Tensor t = v.as_tensor();
-      TensorRef ref;
-      ref.storage_key = absl::StrCat(storages.size());
-      ref.dtype = t.scalar_type();
-      ref.storage_numel = t.numel();
-      ref.sizes = t.sizes().vec();
-      ref.strides = t.strides().vec();
-      storages[ref.storage_key] = t;
-      v = Value(ref);
-    }
-  }
-  int single_reads = 0, batches = 0;
-  size_t batched = 0;
-  TensorSource source = [&](const TensorRef& ref, at::Tensor& dst) {
-    ++single_reads;
-    dst.copy_(storages.at(ref.storage_key));
-    return absl::OkStatus();
-  };
-  TensorBatchSource batch = [&](std::vector<TensorRead>& reads) {
-    ++batches;
-    batched += reads.size();
-    for (TensorRead& r : reads) r.destination.copy_(storages.at(r.ref.storage_key));
-    return absl::OkStatus();
-  };
+  FileStandIn file(*reference.opt);
+  Dict& sd = file.sd;
 
   Trainer t = AdamTrainer();  // live state of its own, to be replaced
   const std::vector<at::Tensor> params = t.model->parameters();
@@ -836,10 +857,10 @@ TEST(LoadOptimizerState, FileTensorsGoIntoTheLiveBuffersInOneBatch) {
   for (const at::Tensor& p : params) {
     before.push_back(AdamStateOf(*t.opt, p).exp_avg().data_ptr());
   }
-  ASSERT_TRUE(LoadOptimizerState(*t.opt, sd, source, "optimizer", batch).ok());
-  EXPECT_EQ(batches, 1);
-  EXPECT_EQ(single_reads, static_cast<int>(params.size()));  // the 'step's
-  EXPECT_EQ(batched, 2 * params.size());                      // exp_avg, exp_avg_sq
+  ASSERT_TRUE(LoadOptimizerState(*t.opt, sd, file.source, "optimizer", file.batch).ok());
+  EXPECT_EQ(file.batches, 1);
+  EXPECT_EQ(file.single_reads, static_cast<int>(params.size()));  // the 'step's
+  EXPECT_EQ(file.batched, 2 * params.size());                      // exp_avg, exp_avg_sq
   for (size_t i = 0; i < params.size(); ++i) {
     EXPECT_EQ(AdamStateOf(*t.opt, params[i]).exp_avg().data_ptr(), before[i]) << "parameter " << i;
     EXPECT_TRUE(AdamStateOf(*t.opt, params[i]).exp_avg().equal(
@@ -850,11 +871,54 @@ TEST(LoadOptimizerState, FileTensorsGoIntoTheLiveBuffersInOneBatch) {
   // before every check has passed.
   const at::Tensor live = AdamStateOf(*t.opt, params[0]).exp_avg().clone();
   StateEntry(sd, 1).Set("exp_avg", Value(at::zeros({7})));
-  storages.at("1").fill_(42);  // parameter 0's exp_avg, were it read
-  batches = 0;
-  EXPECT_FALSE(LoadOptimizerState(*t.opt, sd, source, "optimizer", batch).ok());
-  EXPECT_EQ(batches, 0);
+  file.storages.at("1").fill_(42);  // parameter 0's exp_avg, were it read
+  file.batches = 0;
+  EXPECT_FALSE(LoadOptimizerState(*t.opt, sd, file.source, "optimizer", file.batch).ok());
+  EXPECT_EQ(file.batches, 0);
   EXPECT_TRUE(AdamStateOf(*t.opt, params[0]).exp_avg().equal(live));
+}
+
+// A read that fails after others landed (a CRC mismatch in the last record):
+// into the live buffers, they are partly overwritten; without them (what
+// Fabric's all-or-nothing loads ask) the optimizer keeps its own buffers,
+// untouched, and a load that succeeds installs new ones.
+TEST(LoadOptimizerState, WithoutTheLiveBuffersAFailedReadChangesNothing) {
+  Trainer reference = AdamTrainer();
+  const std::vector<at::Tensor> reference_params = reference.model->parameters();
+  for (const bool into_live : {true, false}) {
+    SCOPED_TRACE(into_live ? "into the live buffers" : "into new tensors");
+    Trainer t = AdamTrainer();
+    // Another step, so that its state differs from the reference's.
+    Steps(t.model, *t.opt, 2, 3);
+    const std::vector<at::Tensor> params = t.model->parameters();
+    std::vector<at::Tensor> before;
+    std::vector<void*> buffers;
+    for (const at::Tensor& p : params) {
+      before.push_back(AdamStateOf(*t.opt, p).exp_avg().clone());
+      buffers.push_back(AdamStateOf(*t.opt, p).exp_avg().data_ptr());
+    }
+    FileStandIn file(*reference.opt);
+    // Every other state tensor lands first: the last one fails.
+    file.fail_key = absl::StrCat(file.storages.size() - 1);
+    EXPECT_EQ(LoadOptimizerState(*t.opt, file.sd, file.source, "optimizer", file.batch, into_live)
+                  .code(),
+              absl::StatusCode::kDataLoss);
+    bool changed = false;
+    for (size_t i = 0; i < params.size(); ++i) {
+      EXPECT_EQ(AdamStateOf(*t.opt, params[i]).exp_avg().data_ptr(), buffers[i]);
+      changed |= !AdamStateOf(*t.opt, params[i]).exp_avg().equal(before[i]);
+    }
+    EXPECT_EQ(changed, into_live) << "into the live buffers the landed read shows; else none";
+
+    file.fail_key.clear();
+    ASSERT_TRUE(
+        LoadOptimizerState(*t.opt, file.sd, file.source, "optimizer", file.batch, into_live).ok());
+    for (size_t i = 0; i < params.size(); ++i) {
+      const at::Tensor& now = AdamStateOf(*t.opt, params[i]).exp_avg();
+      EXPECT_EQ(now.data_ptr() == buffers[i], into_live) << "parameter " << i;
+      EXPECT_TRUE(now.equal(AdamStateOf(*reference.opt, reference_params[i]).exp_avg()));
+    }
+  }
 }
 
 }  // namespace

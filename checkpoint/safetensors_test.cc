@@ -173,7 +173,8 @@ TEST(Safetensors, PythonFilesLoadBitExact) {
     const Value* ref = (*c)->StateDict().Find(name);
     ASSERT_NE(ref, nullptr) << name;
     at::Tensor dst = at::empty(e.sizes(), e.options());
-    ASSERT_TRUE(source(ref->as_tensor_ref(), dst).ok()) << name;
+    const absl::Status read = source(ref->as_tensor_ref(), dst);
+    ASSERT_TRUE(read.ok()) << name << ": " << read;
     EXPECT_TRUE(SameBits(dst, e)) << name;
   }
 }

@@ -153,7 +153,8 @@ absl::StatusOr<Dict> StateToCheckpoint(const State& state, const StateFilter& fi
   return out;
 }
 
-absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state, bool strict) {
+absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state, bool strict,
+                                             const LoadOptions& options) {
   const Value& root = file.root();
   if (!root.is_dict()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -193,8 +194,9 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
         FABRIC_ASSIGN_OR_RETURN(
             Dict by_index,
             RekeyByIndex(*d, entry.optimizer(), state, absl::StrCat(file.path(), ": ", key)));
-        if (absl::Status s = LoadOptimizerState(entry.optimizer(), by_index, SourceFor(file), key,
-                                              BatchSourceFor(file));
+        if (absl::Status s =
+                LoadOptimizerState(entry.optimizer(), by_index, SourceFor(file), key,
+                                   BatchSourceFor(file), options.into_live_optimizer_buffers);
             !s.ok()) {
           return Annotate(s, absl::StrCat(file.path(), ": "));
         }
@@ -238,14 +240,15 @@ absl::Status LoadRawModule(const TorchFile& file, torch::nn::Module& module, boo
   return report.status();
 }
 
-absl::Status LoadRawOptimizer(const TorchFile& file, torch::optim::Optimizer& optimizer) {
+absl::Status LoadRawOptimizer(const TorchFile& file, torch::optim::Optimizer& optimizer,
+                              const LoadOptions& options) {
   const Value& root = file.root();
   if (!root.is_dict()) {
     return absl::InvalidArgumentError(absl::StrCat(file.path(), ": holds a ", root.kind_name(),
                                                    ", not an optimizer state dict"));
   }
   return Annotate(LoadOptimizerState(optimizer, root.as_dict(), SourceFor(file), "optimizer",
-                                     BatchSourceFor(file)),
+                                     BatchSourceFor(file), options.into_live_optimizer_buffers),
                   absl::StrCat(file.path(), ": "));
 }
 

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "checkpoint/load_options.h"
 #include "checkpoint/torch_save.h"
 #include "checkpoint/value.h"
 #include "checkpoint/state.h"
@@ -26,14 +27,17 @@ absl::StatusOr<Dict> StateToCheckpoint(const State& state, const StateFilter& fi
 // Returns the remainder: entries of the file that `state` did not ask for.
 // With `strict`, a requested key missing from the file is an error, and so is
 // any module key mismatch; the error lists every problem at once.
-absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state, bool strict);
+// `options.into_live_optimizer_buffers` picks where optimizer state is read.
+absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state, bool strict,
+                                             const LoadOptions& options = {});
 
 // The whole file as values (modules and optimizers as their state dicts).
 absl::StatusOr<Dict> LoadAllFromCheckpoint(const TorchFile& file);
 
 // The file holds one module's (or optimizer's) state dict at its top level.
 absl::Status LoadRawModule(const TorchFile& file, torch::nn::Module& module, bool strict);
-absl::Status LoadRawOptimizer(const TorchFile& file, torch::optim::Optimizer& optimizer);
+absl::Status LoadRawOptimizer(const TorchFile& file, torch::optim::Optimizer& optimizer,
+                              const LoadOptions& options = {});
 
 }  // namespace fabric
 

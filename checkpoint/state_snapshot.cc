@@ -76,15 +76,21 @@ void StateSnapshot::AddModule(torch::nn::Module& module, const ParamsOf& params_
   for (const auto& b : module.named_buffers(/*recurse=*/true)) add(b.value());
 }
 
-absl::Status StateSnapshot::AddOptimizer(torch::optim::Optimizer& optimizer) {
+absl::Status StateSnapshot::AddOptimizer(torch::optim::Optimizer& optimizer, bool copy) {
+  // The state dict's tensors are the optimizer's own buffers (detached).
   FABRIC_ASSIGN_OR_RETURN(Dict d, OptimizerStateDict(optimizer));
-  Value copy = CloneTensors(Value(std::move(d)));
-  bytes_ += TensorBytes(copy);
-  optimizers_.emplace_back(&optimizer, copy.as_dict());
+  if (!copy) {
+    optimizers_.emplace_back(&optimizer, std::move(d));
+    return absl::OkStatus();
+  }
+  Value cloned = CloneTensors(Value(std::move(d)));
+  bytes_ += TensorBytes(cloned);
+  optimizers_.emplace_back(&optimizer, cloned.as_dict());
   return absl::OkStatus();
 }
 
-absl::StatusOr<StateSnapshot> StateSnapshot::Of(const State& state, const ParamsOf& params_of) {
+absl::StatusOr<StateSnapshot> StateSnapshot::Of(const State& state, const ParamsOf& params_of,
+                                                const LoadOptions& load) {
   StateSnapshot s;
   for (const auto& [key, entry] : state.entries()) {
     switch (entry.kind()) {
@@ -92,8 +98,9 @@ absl::StatusOr<StateSnapshot> StateSnapshot::Of(const State& state, const Params
         s.AddModule(entry.module(), params_of);
         break;
       case StateEntry::Kind::kOptimizer:
-        FABRIC_RETURN_IF_ERROR_PREFIX(s.AddOptimizer(entry.optimizer()), "state entry '", key,
-                                      "': ");
+        FABRIC_RETURN_IF_ERROR_PREFIX(
+            s.AddOptimizer(entry.optimizer(), load.into_live_optimizer_buffers), "state entry '",
+            key, "': ");
         break;
       case StateEntry::Kind::kValue:
         s.values_.emplace_back(key, entry.value());
@@ -109,9 +116,10 @@ StateSnapshot StateSnapshot::Of(torch::nn::Module& module, const ParamsOf& param
   return s;
 }
 
-absl::StatusOr<StateSnapshot> StateSnapshot::Of(torch::optim::Optimizer& optimizer) {
+absl::StatusOr<StateSnapshot> StateSnapshot::Of(torch::optim::Optimizer& optimizer,
+                                                const LoadOptions& load) {
   StateSnapshot s;
-  FABRIC_RETURN_IF_ERROR(s.AddOptimizer(optimizer));
+  FABRIC_RETURN_IF_ERROR(s.AddOptimizer(optimizer, load.into_live_optimizer_buffers));
   return s;
 }
 

@@ -29,6 +29,9 @@ namespace {
 LoadOptions LoadOptionsOf(const FabricOptions& options) {
   LoadOptions o;
   o.verify_checksums = options.verify_checksums;
+  // All-or-nothing loads read optimizer state into new tensors, so that the
+  // old state needs no copy to be put back.
+  o.into_live_optimizer_buffers = !options.all_or_nothing_loads;
   return o;
 }
 
@@ -308,7 +311,8 @@ absl::StatusOr<Dict> Fabric::Load(const std::string& path, State& state, bool st
   FABRIC_RETURN_IF_ERROR(CheckSameCheckpoint(path));
   StateSnapshot snapshot;
   if (options_.all_or_nothing_loads) {
-    FABRIC_ASSIGN_OR_RETURN(snapshot, StateSnapshot::Of(state, ShardsOf()));
+    FABRIC_ASSIGN_OR_RETURN(snapshot,
+                            StateSnapshot::Of(state, ShardsOf(), LoadOptionsOf(options_)));
   }
   absl::StatusOr<Dict> rest = strategy_->Load(path, state, strict);
   FABRIC_RETURN_IF_ERROR(AllOrNothing(snapshot, &state, rest.status()));
@@ -349,7 +353,7 @@ absl::Status Fabric::LoadRaw(const std::string& path, torch::optim::Optimizer& o
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   StateSnapshot snapshot;
   if (options_.all_or_nothing_loads) {
-    FABRIC_ASSIGN_OR_RETURN(snapshot, StateSnapshot::Of(optimizer));
+    FABRIC_ASSIGN_OR_RETURN(snapshot, StateSnapshot::Of(optimizer, LoadOptionsOf(options_)));
   }
   return AllOrNothing(snapshot, nullptr, strategy_->LoadRaw(path, optimizer));
 }

@@ -96,12 +96,16 @@ struct FabricOptions {
   // modules, optimizers and values as they were (on every rank). False skips
   // the checksums (the structural checks and the all-or-nothing stay).
   bool verify_checksums = true;
-  // Load and LoadRaw first copy what they may change (StateSnapshot) and put
-  // it back when the load fails on any rank. The copy costs one copy of the
-  // state in memory and, here, ~0.4 s per GB (docs/benchmarks.md). False
-  // skips it: a refused load still fails with the same error on every rank,
-  // but the live state may then be partly loaded. For a resume into freshly
-  // built modules that the program drops when the load fails.
+  // Load and LoadRaw first copy the parameters and buffers they may change
+  // (StateSnapshot) and put them back when the load fails on any rank;
+  // optimizer state is read into new tensors, installed only when the whole
+  // load succeeded, so the old state is kept without a copy. The cost: one
+  // more copy of the state in memory until the load returns, and the
+  // parameters' copy (~0.4 s per GB here, docs/benchmarks.md). False skips
+  // the copy and reads optimizer state into its live buffers: a refused load
+  // still fails with the same error on every rank, but the live state may
+  // then be partly loaded. For a resume into freshly built modules that the
+  // program drops when the load fails.
   bool all_or_nothing_loads = true;
   // SaveAsync's bound on new staging buffers per process, in bytes: a save
   // whose host copy would need more fails (ResourceExhausted, on every rank)

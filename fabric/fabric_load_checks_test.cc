@@ -65,15 +65,18 @@ bool Same(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
   return true;
 }
 
-// Flips a byte inside the last storage record of the file: the optimizer's
-// state, read after the model's weights were already read into place.
-std::string FlipLastStorage(const std::string& path) {
+// Flips a byte inside the last storage record of the file (the optimizer's
+// state, read after the model's weights were already read into place), or
+// the first (the model's first weight); returns its key.
+std::string FlipStorage(const std::string& path, bool last) {
   absl::StatusOr<std::unique_ptr<TorchFile>> f = TorchFile::Open(path);
   EXPECT_TRUE(f.ok()) << f.status();
-  uint64_t at = 0;
+  uint64_t at = 0, chosen = 0;
   std::string key;
   for (const ZipReader::Entry& e : (*f)->zip().entries()) {
-    if (e.name.rfind("data/", 0) == 0 && e.size > 0 && e.data_offset > at) {
+    if (e.name.rfind("data/", 0) != 0 || e.size == 0) continue;
+    if (key.empty() || (last ? e.data_offset > chosen : e.data_offset < chosen)) {
+      chosen = e.data_offset;
       at = e.data_offset + e.size / 2;
       key = (*f)->KeyOf(e.name.substr(5));
     }
@@ -87,6 +90,7 @@ std::string FlipLastStorage(const std::string& path) {
   io.write(&c, 1);
   return key;
 }
+std::string FlipLastStorage(const std::string& path) { return FlipStorage(path, true); }
 
 // A set-up model and Adam after one step, saved (step 1) to `name`.
 struct Saved {
@@ -143,6 +147,25 @@ TEST(FabricLoadChecks, RefusedLoadLeavesModelAndOptimizerAsTheyWere) {
   State again{{"model", net.ptr()}, {"optimizer", opt}, {"step", 3}};
   EXPECT_TRUE(unchecked->Load(path, again).ok());
   EXPECT_FALSE(Same(Snapshot(net, *opt), before_raw));
+}
+
+// The optimizer loads first (its entry comes first) and the model's record
+// is refused after it: the optimizer's new state is dropped and its own, kept
+// without a copy, put back.
+TEST(FabricLoadChecks, AnOptimizerLoadedBeforeTheRefusedRecordIsPutBack) {
+  Saved t = TrainOneStepAndSave(CpuFabric(), "flipped_model.pt");
+  auto& [fabric, net, opt, path] = t;
+  const std::string key = FlipStorage(path, /*last=*/false);
+  ASSERT_NE(key.find("model"), std::string::npos) << key;
+  Step(net, *opt);
+  Step(net, *opt);
+  const std::vector<at::Tensor> before = Snapshot(net, *opt);
+  State state{{"optimizer", opt}, {"model", net.ptr()}};
+  absl::StatusOr<Dict> rest = fabric->Load(path, state);
+  ASSERT_FALSE(rest.ok());
+  EXPECT_EQ(rest.status().code(), absl::StatusCode::kDataLoss) << rest.status();
+  EXPECT_NE(rest.status().message().find("'" + key + "'"), std::string::npos) << rest.status();
+  EXPECT_TRUE(Same(Snapshot(net, *opt), before)) << "a refused load changed the live state";
 }
 
 // all_or_nothing_loads = false: no copy is taken, so a load refused at the

@@ -42,6 +42,8 @@
 #include "checkpoint/disk_reference.h"
 #include "strategies/fsdp.h"
 #include "checkpoint/state.h"
+#include "base/status_macros.h"
+#include "checkpoint/load_options.h"
 #include "checkpoint/state_snapshot.h"
 #include "strategies/fsdp_checkpoint.h"
 #include "strategies/launcher.h"
@@ -145,18 +147,46 @@ struct FreshState {
   State state;
 };
 
-// One resharding load of `dir` into a FreshState, checksums on or off;
-// returns its seconds.
-double LoadOnce(const std::string& dir, int layers, int width, bool checked,
-                double* peak_gib = nullptr) {
-  FreshState fresh(layers, width);
-  State& state = fresh.state;
+// A load as Fabric::Load runs it with its defaults (`checked`) or with both
+// off: checksums on, and all or nothing: the copy of the parameters taken
+// first (StateSnapshot), the optimizer state read into new tensors, the copy
+// put back on failure. (Fabric also agrees on the outcome across ranks, one
+// small collective, left out here.) `fsdp`: the wrapper of the state's
+// module, or none (one process). `snapshot_s`: the snapshot's seconds.
+absl::StatusOr<Dict> FabricStyleLoad(const std::string& dir, State& state,
+                                     FullyShardedDataParallel* fsdp, bool checked,
+                                     double* snapshot_s = nullptr) {
   FsdpCheckpointOptions options;
   options.load.verify_checksums = checked;
+  options.load.into_live_optimizer_buffers = !checked;
+  StateSnapshot snapshot;
+  if (checked) {
+    const auto t0 = Clock::now();
+    StateSnapshot::ParamsOf shards_of;
+    if (fsdp != nullptr) {
+      shards_of = [fsdp](torch::nn::Module& m) -> std::optional<std::vector<at::Tensor>> {
+        if (&m == &fsdp->module()) return fsdp->parameters();
+        return std::nullopt;
+      };
+    }
+    FABRIC_ASSIGN_OR_RETURN(snapshot, StateSnapshot::Of(state, shards_of, options.load));
+    if (snapshot_s) *snapshot_s = Seconds(t0);
+  }
+  absl::StatusOr<Dict> rest = FsdpLoadCheckpoint(
+      dir, state, fsdp ? WrapperLookup({fsdp}) : FsdpWrapperOf(), options);
+  if (checked) FABRIC_RETURN_IF_ERROR(RestoreOnFailure(snapshot, &state, rest.status()));
+  return rest;
+}
+
+// One resharding load of `dir` into a FreshState, Fabric-style or with
+// neither checks nor all or nothing; returns its seconds.
+double LoadOnce(const std::string& dir, int layers, int width, bool checked,
+                double* peak_gib = nullptr, double* snapshot_s = nullptr) {
+  FreshState fresh(layers, width);
   ResetPeak();
   const int64_t before = StatusField("VmRSS:");
   auto t0 = Clock::now();
-  auto loaded = FsdpLoadCheckpoint(dir, state, nullptr, options);
+  auto loaded = FabricStyleLoad(dir, fresh.state, nullptr, checked, snapshot_s);
   const double s = Seconds(t0);
   if (!loaded.ok()) std::cerr << loaded.status() << "\n";
   if (peak_gib) *peak_gib = GiB(StatusField("VmHWM:") - before);
@@ -183,26 +213,27 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
     Quiet();
     const auto [read_bytes, raw_before] = RawReadFolder(dir);
     bytes = read_bytes;
-    double peak = 0;
+    double peak = 0, snapshot_s = 0;
     for (int k = 0; k < 2; ++k) {
       const bool checked = (k == 0) == (r % 2 == 0);
       DropPageCache(dir);
-      const double s = LoadOnce(dir, layers, width, checked, checked ? &peak : nullptr);
+      const double s = LoadOnce(dir, layers, width, checked, checked ? &peak : nullptr,
+                                checked ? &snapshot_s : nullptr);
       (checked ? loads : unchecked_loads).push_back(s);
     }
     peaks.push_back(peak);
     raws.push_back((raw_before + RawReadFolder(dir).second) / 2);
     ratios.push_back(loads.back() / raws.back());
     std::cout << absl::StrFormat(
-        "resharding load %d (%s first): %.2f s with checksums, %.2f s without, raw read %.2f s: "
-        "%.2fx raw\n",
-        r + 1, r % 2 == 0 ? "checked" : "unchecked", loads.back(), unchecked_loads.back(),
-        raws.back(), ratios.back());
+        "resharding load %d (%s first): %.2f s with checksums and all or nothing (its snapshot "
+        "%.2f s), %.2f s with neither, raw read %.2f s: %.2fx raw\n",
+        r + 1, r % 2 == 0 ? "checked" : "unchecked", loads.back(), snapshot_s,
+        unchecked_loads.back(), raws.back(), ratios.back());
   }
   const double load_s = Median(loads), raw = Median(raws);
   std::cout << absl::StrFormat(
-      "resharding load with checksums %.2f s, without %.2f s (checks cost %+.1f%%)\n", load_s,
-      Median(unchecked_loads), 100 * (load_s / Median(unchecked_loads) - 1));
+      "resharding load with checksums and all or nothing %.2f s, with neither %.2f s (%+.1f%%)\n",
+      load_s, Median(unchecked_loads), 100 * (load_s / Median(unchecked_loads) - 1));
   std::cout << absl::StrFormat(
       "resharding load 2 -> 1 rank: %.2f GB in %.2f s (%.2f GB/s); raw O_DIRECT read of the same "
       "files %.2f s (%.2f GB/s); median of per-load ratios %.2fx raw; peak %.2f GiB above the "
@@ -217,26 +248,36 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
     warm_unchecked.push_back(LoadOnce(dir, layers, width, false));
   }
   // What Fabric::Load adds to make a load all or nothing: the copy of the
-  // live state it takes before reading (StateSnapshot), timed on the same
-  // model and optimizer (with state, as at a resume).
-  std::vector<double> snapshots;
-  uint64_t snapshot_bytes = 0;
+  // parameters it takes before reading (StateSnapshot; the optimizer state is
+  // read into new tensors and needs none), timed on the same model and
+  // optimizer with state, as at a resume; beside it the copy of the whole
+  // state a load into the live optimizer buffers would need.
+  std::vector<double> snapshots, full_snapshots;
+  uint64_t snapshot_bytes = 0, full_bytes = 0;
   {
     FreshState fresh(layers, width);
     State& state = fresh.state;
     auto loaded = FsdpLoadCheckpoint(dir, state, nullptr);
     if (!loaded.ok()) std::cerr << loaded.status() << "\n";
+    LoadOptions into_new, into_live;
+    into_new.into_live_optimizer_buffers = false;
     for (int r = 0; r < 3; ++r) {
       auto t0 = Clock::now();
-      absl::StatusOr<StateSnapshot> snap = StateSnapshot::Of(state);
+      absl::StatusOr<StateSnapshot> snap = StateSnapshot::Of(state, {}, into_new);
       snapshots.push_back(Seconds(t0));
       if (snap.ok()) snapshot_bytes = snap->bytes();
+      snap = absl::UnknownError("dropped");
+      t0 = Clock::now();
+      snap = StateSnapshot::Of(state, {}, into_live);
+      full_snapshots.push_back(Seconds(t0));
+      if (snap.ok()) full_bytes = snap->bytes();
     }
   }
   std::cout << absl::StrFormat(
-      "all-or-nothing snapshot (Fabric::Load copies the live state first): %.2f GB in %.2f s, "
-      "%.0f%% of the cold checked load\n",
-      snapshot_bytes / 1e9, Median(snapshots), 100 * Median(snapshots) / load_s);
+      "all-or-nothing snapshot (Fabric::Load copies the parameters first): %.2f GB in %.2f s, "
+      "%.0f%% of the cold checked load; a copy of the whole state would be %.2f GB in %.2f s\n",
+      snapshot_bytes / 1e9, Median(snapshots), 100 * Median(snapshots) / load_s, full_bytes / 1e9,
+      Median(full_snapshots));
   std::cout << absl::StrFormat(
       "resharding load from the page cache: %.2f s with checksums, %.2f s without (checks cost "
       "%+.1f%%, %.2f GB/s checked)\n",
@@ -360,7 +401,7 @@ int Run() {
     if (rank == 0) DropPageCache(sharded);
     (void)ctx->Barrier();
     t0 = Clock::now();
-    auto first = FsdpLoadCheckpoint(sharded, state, WrapperLookup({&fsdp}));
+    auto first = FabricStyleLoad(sharded, state, &fsdp, /*checked=*/true);
     (void)ctx->Barrier();
     if (!first.ok()) std::cerr << first.status() << "\n";
     if (rank == 0) {
@@ -375,14 +416,17 @@ int Run() {
     if (rank == 0) DropPageCache(sharded);
     (void)ctx->Barrier();
     t0 = Clock::now();
-    auto loaded = FsdpLoadCheckpoint(sharded, state, WrapperLookup({&fsdp}));
+    double snapshot_s = 0;
+    auto loaded = FabricStyleLoad(sharded, state, &fsdp, /*checked=*/true, &snapshot_s);
     (void)ctx->Barrier();
     sharded_loads.push_back(Seconds(t0));
     if (!loaded.ok()) std::cerr << loaded.status() << "\n";
     if (rank == 0) {
-      std::cout << absl::StrFormat("sharded load %d (2 -> 2): %.2f s, raw read just before %.2f s: "
-                                   "%.2fx raw\n", r + 1, sharded_loads.back(),
-                                   sharded_raws.back(), sharded_loads.back() / sharded_raws.back());
+      std::cout << absl::StrFormat(
+          "sharded load %d (2 -> 2, checked, all or nothing): %.2f s (its snapshot %.2f s), raw "
+          "read just before %.2f s: %.2fx raw\n",
+          r + 1, sharded_loads.back(), snapshot_s, sharded_raws.back(),
+          sharded_loads.back() / sharded_raws.back());
     }
   }
   const double load_s = Median(sharded_loads);

@@ -255,10 +255,12 @@ Value OptimizerLoad::Deferred(at::ScalarType dtype, const std::vector<int64_t>& 
 }
 
 absl::StatusOr<std::unique_ptr<OptimizerLoad>> NewOptimizerLoad(const Entry& e,
-                                                                const std::vector<Entry>& entries) {
+                                                                const std::vector<Entry>& entries,
+                                                                const LoadOptions& options) {
   auto load = std::make_unique<OptimizerLoad>();
   load->optimizer = e.optimizer;
   load->key = e.key;
+  load->into_live_buffers = options.into_live_optimizer_buffers;
   FABRIC_ASSIGN_OR_RETURN(load->refs, OptimizerParams(*e.optimizer, entries, e.key));
   for (size_t i = 0; i < load->refs.size(); ++i) {
     load->by_fqn[load->refs[i].fqn] = static_cast<int>(i);
@@ -282,7 +284,7 @@ absl::Status FinishOptimizer(OptimizerLoad& load) {
     return RunReads(reads.size(),
                     [&](size_t i) { return source(reads[i].ref, reads[i].destination); });
   };
-  return LoadOptimizerState(*load.optimizer, sd, source, load.key, batch);
+  return LoadOptimizerState(*load.optimizer, sd, source, load.key, batch, load.into_live_buffers);
 }
 
 absl::Status RunPlan(LoadPlan& plan, std::vector<std::unique_ptr<OptimizerLoad>>& optimizers) {

@@ -127,6 +127,7 @@ struct OptimizerLoad {
   // table: LoadOptimizerState allocates each state tensor once and the
   // reader fills it in place (no temporary copy of the optimizer state).
   std::vector<std::function<absl::Status(at::Tensor&)>> readers;
+  bool into_live_buffers = true;  // LoadOptions::into_live_optimizer_buffers
 
   Value Deferred(at::ScalarType dtype, const std::vector<int64_t>& sizes,
                  std::function<absl::Status(at::Tensor&)> read);
@@ -134,7 +135,8 @@ struct OptimizerLoad {
 
 // A load into optimizer entry `e` (its parameters found in `entries`).
 absl::StatusOr<std::unique_ptr<OptimizerLoad>> NewOptimizerLoad(const Entry& e,
-                                                                const std::vector<Entry>& entries);
+                                                                const std::vector<Entry>& entries,
+                                                                const LoadOptions& options);
 
 absl::Status FinishOptimizer(OptimizerLoad& load);
 

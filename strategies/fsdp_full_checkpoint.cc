@@ -393,7 +393,8 @@ absl::StatusOr<Dict> FsdpLoadFull(const std::string& path, State& state,
     }
     // An optimizer: state keyed by FQN (FSDP/Lightning) or by index (a plain
     // optimizer.state_dict()).
-    FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<OptimizerLoad> load, NewOptimizerLoad(e, entries));
+    FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<OptimizerLoad> load,
+                            NewOptimizerLoad(e, entries, options.load));
     const std::vector<ParamRef>& refs = load->refs;
     const std::unordered_map<std::string, int>& by_fqn = load->by_fqn;
     const Value* st = d.Find("state");

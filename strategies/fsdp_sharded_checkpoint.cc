@@ -304,7 +304,8 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
       continue;
     }
     // An optimizer.
-    FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<OptimizerLoad> load, NewOptimizerLoad(e, entries));
+    FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<OptimizerLoad> load,
+                            NewOptimizerLoad(e, entries, options.load));
     const std::vector<ParamRef>& refs = load->refs;
     const std::unordered_map<std::string, int>& by_fqn = load->by_fqn;
     const std::string state_prefix = e.key + ".state.";

@@ -46,7 +46,7 @@ absl::StatusOr<Dict> SingleFileStrategy::Load(const std::string& path, State& st
     return FsdpLoadCheckpoint(path, state, /*wrapper_of=*/nullptr, options);
   }
   FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path, load_options_));
-  return LoadStateFromCheckpoint(*file, state, strict);
+  return LoadStateFromCheckpoint(*file, state, strict, load_options_);
 }
 
 absl::StatusOr<Dict> SingleFileStrategy::LoadAll(const std::string& path) {
@@ -63,7 +63,7 @@ absl::Status SingleFileStrategy::LoadRaw(const std::string& path, torch::nn::Mod
 absl::Status SingleFileStrategy::LoadRaw(const std::string& path,
                                          torch::optim::Optimizer& optimizer) {
   FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<TorchFile> file, TorchFile::Open(path, load_options_));
-  return LoadRawOptimizer(*file, optimizer);
+  return LoadRawOptimizer(*file, optimizer, load_options_);
 }
 
 }  // namespace fabric::strategies
