@@ -169,8 +169,9 @@ TEST(Safetensors, PythonFilesLoadBitExact) {
   EXPECT_EQ((*c)->files().size(), 2u);
   ASSERT_EQ((*c)->tensors().size(), expected.size());
   TensorSource source = (*c)->Source();
+  const Dict state_dict = (*c)->StateDict();  // outlives the refs found in it
   for (const auto& [name, e] : expected) {
-    const Value* ref = (*c)->StateDict().Find(name);
+    const Value* ref = state_dict.Find(name);
     ASSERT_NE(ref, nullptr) << name;
     at::Tensor dst = at::empty(e.sizes(), e.options());
     const absl::Status read = source(ref->as_tensor_ref(), dst);
