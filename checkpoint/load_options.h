@@ -3,6 +3,10 @@
 #ifndef FABRIC_CHECKPOINT_LOAD_OPTIONS_H_
 #define FABRIC_CHECKPOINT_LOAD_OPTIONS_H_
 
+#include <functional>
+
+#include "absl/status/status.h"
+
 namespace fabric {
 
 struct LoadOptions {
@@ -16,10 +20,16 @@ struct LoadOptions {
   // Read optimizer state straight into the optimizer's current buffers where
   // they fit: a reload needs no new memory, but a load refused partway leaves
   // them partly read. Off (Fabric's all-or-nothing loads): the state is read
-  // into new tensors and installed only after every read and check passed, so
-  // the old state stays intact without a copy (StateSnapshot then only keeps
-  // references to it).
+  // into new tensors, installed only after all of it was read and checked,
+  // and before the modules' tensors are read; the old state stays intact
+  // without a copy (StateSnapshot then only keeps references to it).
   bool into_live_optimizer_buffers = true;
+  // Called, when set, once before the load first writes into a live tensor
+  // (a module's parameters, buffers or FSDP shards; with
+  // into_live_optimizer_buffers also the optimizer's buffers); its error
+  // fails the load with nothing written. Fabric::Load waits here for its
+  // snapshot's copies, which thus overlap the reads before (BackgroundCopies).
+  std::function<absl::Status()> before_live_writes;
 };
 
 }  // namespace fabric

@@ -176,9 +176,12 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
           "); pass strict=false to load the others"));
     }
   }
-  for (auto& [key, entry] : state.entries()) {
+  // Optimizer state read into new tensors goes first: it writes nothing
+  // live until installed, so a snapshot's copies can still run meanwhile.
+  const bool optimizers_first = !options.into_live_optimizer_buffers;
+  auto load_entry = [&](const std::string& key, StateEntry& entry) -> absl::Status {
     const Value* v = saved.Find(key);
-    if (v == nullptr) continue;
+    if (v == nullptr) return absl::OkStatus();
     switch (entry.kind()) {
       case StateEntry::Kind::kModule: {
         FABRIC_ASSIGN_OR_RETURN(const Dict* d, EntryDict(file, key, *v));
@@ -209,6 +212,17 @@ absl::StatusOr<Dict> LoadStateFromCheckpoint(const TorchFile& file, State& state
         break;
       }
     }
+    return absl::OkStatus();
+  };
+  if (optimizers_first) {
+    for (auto& [key, entry] : state.entries()) {
+      if (entry.is_optimizer()) FABRIC_RETURN_IF_ERROR(load_entry(key, entry));
+    }
+  }
+  if (options.before_live_writes) FABRIC_RETURN_IF_ERROR(options.before_live_writes());
+  for (auto& [key, entry] : state.entries()) {
+    if (optimizers_first && entry.is_optimizer()) continue;
+    FABRIC_RETURN_IF_ERROR(load_entry(key, entry));
   }
   Dict remainder;
   for (const auto& [k, v] : saved) {

@@ -57,13 +57,17 @@ uint64_t TensorBytes(const Value& v) {
 
 }  // namespace
 
-void StateSnapshot::AddModule(torch::nn::Module& module, const ParamsOf& params_of) {
+// In host memory: a GPU model's snapshot must not halve what the device has
+// left for the load itself.
+static at::Tensor HostCopy(const at::Tensor& t) {
+  return t.detach().to(at::kCPU, t.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+}
+
+void StateSnapshot::AddModule(torch::nn::Module& module, const ParamsOf& params_of,
+                              bool copy_now) {
   auto add = [&](const at::Tensor& t) {
     if (!t.defined()) return;
-    // In host memory: a GPU model's snapshot must not halve what the device
-    // has left for the load itself.
-    tensors_.emplace_back(t, t.detach().to(at::kCPU, t.scalar_type(), /*non_blocking=*/false,
-                                           /*copy=*/true));
+    tensors_.emplace_back(t, copy_now ? HostCopy(t) : at::Tensor());
     bytes_ += t.nbytes();
   };
   std::optional<std::vector<at::Tensor>> own;
@@ -91,11 +95,19 @@ absl::Status StateSnapshot::AddOptimizer(torch::optim::Optimizer& optimizer, boo
 
 absl::StatusOr<StateSnapshot> StateSnapshot::Of(const State& state, const ParamsOf& params_of,
                                                 const LoadOptions& load) {
+  FABRIC_ASSIGN_OR_RETURN(StateSnapshot s, Deferred(state, params_of, load));
+  FABRIC_RETURN_IF_ERROR(s.CopyTensors());
+  return s;
+}
+
+absl::StatusOr<StateSnapshot> StateSnapshot::Deferred(const State& state,
+                                                      const ParamsOf& params_of,
+                                                      const LoadOptions& load) {
   StateSnapshot s;
   for (const auto& [key, entry] : state.entries()) {
     switch (entry.kind()) {
       case StateEntry::Kind::kModule:
-        s.AddModule(entry.module(), params_of);
+        s.AddModule(entry.module(), params_of, /*copy_now=*/false);
         break;
       case StateEntry::Kind::kOptimizer:
         FABRIC_RETURN_IF_ERROR_PREFIX(
@@ -112,7 +124,8 @@ absl::StatusOr<StateSnapshot> StateSnapshot::Of(const State& state, const Params
 
 StateSnapshot StateSnapshot::Of(torch::nn::Module& module, const ParamsOf& params_of) {
   StateSnapshot s;
-  s.AddModule(module, params_of);
+  s.AddModule(module, params_of, /*copy_now=*/true);
+  s.copied_ = true;
   return s;
 }
 
@@ -120,11 +133,44 @@ absl::StatusOr<StateSnapshot> StateSnapshot::Of(torch::optim::Optimizer& optimiz
                                                 const LoadOptions& load) {
   StateSnapshot s;
   FABRIC_RETURN_IF_ERROR(s.AddOptimizer(optimizer, load.into_live_optimizer_buffers));
+  s.copied_ = true;
   return s;
 }
 
+absl::Status StateSnapshot::CopyTensors() {
+  if (copied_) return absl::OkStatus();
+  try {
+    for (auto& [live, copy] : tensors_) copy = HostCopy(live);
+  } catch (const std::exception& e) {
+    // Out of host memory, most likely: the load must not go on unprotected.
+    for (auto& [live, copy] : tensors_) copy.reset();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot copy the live state before loading (", bytes_,
+        " bytes; FabricOptions::all_or_nothing_loads = false skips the copy): ", e.what()));
+  }
+  copied_ = true;
+  return absl::OkStatus();
+}
+
+BackgroundCopies::BackgroundCopies(StateSnapshot* snapshot)
+    : thread_([this, snapshot] { status_ = snapshot->CopyTensors(); }) {}
+
+BackgroundCopies::~BackgroundCopies() { (void)Wait(); }
+
+absl::Status BackgroundCopies::Wait() {
+  // Concurrent callers block until the one join is done; the join orders the
+  // thread's write of status_ before every read.
+  std::call_once(joined_, [this] { thread_.join(); });
+  return status_;
+}
+
+LoadOptions BackgroundCopies::Gating(LoadOptions load) {
+  load.before_live_writes = [this] { return Wait(); };
+  return load;
+}
+
 absl::Status StateSnapshot::Restore() const {
-  {
+  if (copied_) {
     c10::NoGradGuard no_grad;
     for (const auto& [live, copy] : tensors_) {
       at::Tensor t = live;

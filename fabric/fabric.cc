@@ -309,12 +309,20 @@ absl::StatusOr<Dict> Fabric::Load(const std::string& path, State& state, bool st
   FABRIC_RETURN_IF_ERROR(EnsureStrategy());
   FABRIC_RETURN_IF_ERROR(WaitForSave());
   FABRIC_RETURN_IF_ERROR(CheckSameCheckpoint(path));
-  StateSnapshot snapshot;
-  if (options_.all_or_nothing_loads) {
-    FABRIC_ASSIGN_OR_RETURN(snapshot,
-                            StateSnapshot::Of(state, ShardsOf(), LoadOptionsOf(options_)));
+  if (!options_.all_or_nothing_loads) return strategy_->Load(path, state, strict);
+  // The parameters' copy runs while the load reads the optimizer state; the
+  // load waits for it before its first write into a live tensor.
+  FABRIC_ASSIGN_OR_RETURN(StateSnapshot snapshot,
+                          StateSnapshot::Deferred(state, ShardsOf(), LoadOptionsOf(options_)));
+  absl::StatusOr<Dict> rest;
+  {
+    BackgroundCopies copies(&snapshot);
+    strategy_->set_load_options(copies.Gating(LoadOptionsOf(options_)));
+    rest = strategy_->Load(path, state, strict);
+    strategy_->set_load_options(LoadOptionsOf(options_));
+    // A load that wrote nothing live may not have waited.
+    (void)copies.Wait();
   }
-  absl::StatusOr<Dict> rest = strategy_->Load(path, state, strict);
   FABRIC_RETURN_IF_ERROR(AllOrNothing(snapshot, &state, rest.status()));
   return rest;
 }

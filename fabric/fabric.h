@@ -96,16 +96,18 @@ struct FabricOptions {
   // modules, optimizers and values as they were (on every rank). False skips
   // the checksums (the structural checks and the all-or-nothing stay).
   bool verify_checksums = true;
-  // Load and LoadRaw first copy the parameters and buffers they may change
-  // (StateSnapshot) and put them back when the load fails on any rank;
-  // optimizer state is read into new tensors, installed only when the whole
-  // load succeeded, so the old state is kept without a copy. The cost: one
-  // more copy of the state in memory until the load returns, and the
-  // parameters' copy (~0.4 s per GB here, docs/benchmarks.md). False skips
-  // the copy and reads optimizer state into its live buffers: a refused load
-  // still fails with the same error on every rank, but the live state may
-  // then be partly loaded. For a resume into freshly built modules that the
-  // program drops when the load fails.
+  // Load and LoadRaw copy the parameters and buffers they may change
+  // (StateSnapshot) and put them back when the load fails on any rank.
+  // Optimizer state is read into new tensors and installed only once all of
+  // it was read and checked, so the old state is kept without a copy (and
+  // put back if a later read fails). Load copies the parameters while it
+  // reads the optimizer state, so that the copy mostly hides behind the disk.
+  // The cost: the parameters' copy in host memory, and the old optimizer
+  // state beside the new one, until the load returns (docs/benchmarks.md).
+  // False skips the copy and reads optimizer state into its live buffers: a
+  // refused load still fails with the same error on every rank, but the live
+  // state may then be partly loaded. For a resume into freshly built modules
+  // that the program drops when the load fails.
   bool all_or_nothing_loads = true;
   // SaveAsync's bound on new staging buffers per process, in bytes: a save
   // whose host copy would need more fails (ResourceExhausted, on every rank)

@@ -149,23 +149,29 @@ TEST(FabricLoadChecks, RefusedLoadLeavesModelAndOptimizerAsTheyWere) {
   EXPECT_FALSE(Same(Snapshot(net, *opt), before_raw));
 }
 
-// The optimizer loads first (its entry comes first) and the model's record
-// is refused after it: the optimizer's new state is dropped and its own, kept
-// without a copy, put back.
+// All-or-nothing loads read the optimizer first, whatever the entries'
+// order (its state goes into new tensors while the model's copy is taken),
+// and the model's record is refused after it: the optimizer's new state is
+// dropped and its own, kept without a copy, put back.
 TEST(FabricLoadChecks, AnOptimizerLoadedBeforeTheRefusedRecordIsPutBack) {
-  Saved t = TrainOneStepAndSave(CpuFabric(), "flipped_model.pt");
-  auto& [fabric, net, opt, path] = t;
-  const std::string key = FlipStorage(path, /*last=*/false);
-  ASSERT_NE(key.find("model"), std::string::npos) << key;
-  Step(net, *opt);
-  Step(net, *opt);
-  const std::vector<at::Tensor> before = Snapshot(net, *opt);
-  State state{{"optimizer", opt}, {"model", net.ptr()}};
-  absl::StatusOr<Dict> rest = fabric->Load(path, state);
-  ASSERT_FALSE(rest.ok());
-  EXPECT_EQ(rest.status().code(), absl::StatusCode::kDataLoss) << rest.status();
-  EXPECT_NE(rest.status().message().find("'" + key + "'"), std::string::npos) << rest.status();
-  EXPECT_TRUE(Same(Snapshot(net, *opt), before)) << "a refused load changed the live state";
+  for (const bool optimizer_entry_first : {true, false}) {
+    SCOPED_TRACE(optimizer_entry_first ? "optimizer entry first" : "model entry first");
+    Saved t = TrainOneStepAndSave(CpuFabric(), optimizer_entry_first ? "flipped_model_a.pt"
+                                                                     : "flipped_model_b.pt");
+    auto& [fabric, net, opt, path] = t;
+    const std::string key = FlipStorage(path, /*last=*/false);
+    ASSERT_NE(key.find("model"), std::string::npos) << key;
+    Step(net, *opt);
+    Step(net, *opt);
+    const std::vector<at::Tensor> before = Snapshot(net, *opt);
+    State state = optimizer_entry_first ? State{{"optimizer", opt}, {"model", net.ptr()}}
+                                        : State{{"model", net.ptr()}, {"optimizer", opt}};
+    absl::StatusOr<Dict> rest = fabric->Load(path, state);
+    ASSERT_FALSE(rest.ok());
+    EXPECT_EQ(rest.status().code(), absl::StatusCode::kDataLoss) << rest.status();
+    EXPECT_NE(rest.status().message().find("'" + key + "'"), std::string::npos) << rest.status();
+    EXPECT_TRUE(Same(Snapshot(net, *opt), before)) << "a refused load changed the live state";
+  }
 }
 
 // all_or_nothing_loads = false: no copy is taken, so a load refused at the

@@ -287,11 +287,21 @@ absl::Status FinishOptimizer(OptimizerLoad& load) {
   return LoadOptimizerState(*load.optimizer, sd, source, load.key, batch, load.into_live_buffers);
 }
 
-absl::Status RunPlan(LoadPlan& plan, std::vector<std::unique_ptr<OptimizerLoad>>& optimizers) {
+absl::Status RunPlan(LoadPlan& plan, std::vector<std::unique_ptr<OptimizerLoad>>& optimizers,
+                     const LoadOptions& options) {
+  // Optimizer state read into new tensors goes first: it writes nothing live
+  // until installed, so a snapshot's copies can still run meanwhile.
+  const bool optimizers_first = !options.into_live_optimizer_buffers;
+  auto finish_optimizers = [&]() -> absl::Status {
+    for (auto& load : optimizers) {
+      if (load->has_groups) FABRIC_RETURN_IF_ERROR(FinishOptimizer(*load));
+    }
+    return absl::OkStatus();
+  };
+  if (optimizers_first) FABRIC_RETURN_IF_ERROR(finish_optimizers());
+  if (options.before_live_writes) FABRIC_RETURN_IF_ERROR(options.before_live_writes());
   FABRIC_RETURN_IF_ERROR(RunReads(plan.reads.size(), [&](size_t i) { return plan.reads[i](); }));
-  for (auto& load : optimizers) {
-    if (load->has_groups) FABRIC_RETURN_IF_ERROR(FinishOptimizer(*load));
-  }
+  if (!optimizers_first) FABRIC_RETURN_IF_ERROR(finish_optimizers());
   for (auto& fn : plan.finish) FABRIC_RETURN_IF_ERROR(fn());
   return absl::OkStatus();
 }

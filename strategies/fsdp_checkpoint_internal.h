@@ -141,8 +141,10 @@ absl::StatusOr<std::unique_ptr<OptimizerLoad>> NewOptimizerLoad(const Entry& e,
 absl::Status FinishOptimizer(OptimizerLoad& load);
 
 // Runs the plan (after its report passed): the reads, the optimizers'
-// loads, the reshards.
-absl::Status RunPlan(LoadPlan& plan, std::vector<std::unique_ptr<OptimizerLoad>>& optimizers);
+// loads (first, when they read into new tensors), the reshards; calls
+// options.before_live_writes before the first write into a live tensor.
+absl::Status RunPlan(LoadPlan& plan, std::vector<std::unique_ptr<OptimizerLoad>>& optimizers,
+                     const LoadOptions& options);
 
 }  // namespace fabric::strategies::fsdp_internal
 

@@ -472,7 +472,7 @@ absl::StatusOr<Dict> FsdpLoadFull(const std::string& path, State& state,
     }
   }
   FABRIC_RETURN_IF_ERROR(plan.report.ToStatus(path, options.strict));
-  FABRIC_RETURN_IF_ERROR(RunPlan(plan, optimizers));
+  FABRIC_RETURN_IF_ERROR(RunPlan(plan, optimizers, options.load));
   for (const Entry& e : entries) {
     if (e.kind != Kind::kValue) continue;
     if (const Value* v = root.Find(e.key)) {

@@ -417,7 +417,7 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
   }
 
   FABRIC_RETURN_IF_ERROR(plan.report.ToStatus(dir, options.strict));
-  FABRIC_RETURN_IF_ERROR(RunPlan(plan, optimizers));
+  FABRIC_RETURN_IF_ERROR(RunPlan(plan, optimizers, options.load));
   for (const Entry& e : entries) {
     if (e.kind != Kind::kValue) continue;
     if (const Value* v = meta.Find(e.key)) state.Find(e.key)->value() = *v;

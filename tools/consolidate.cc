@@ -228,7 +228,9 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
   const std::string meta_path = LightningMetaPath(folder);
   std::error_code ec;
   if (fs::is_regular_file(meta_path, ec)) {
-    FABRIC_ASSIGN_OR_RETURN(meta, TorchFile::Open(meta_path, LoadOptions{options.verify_checksums}));
+    LoadOptions load;
+    load.verify_checksums = options.verify_checksums;
+    FABRIC_ASSIGN_OR_RETURN(meta, TorchFile::Open(meta_path, load));
     if (!meta->root().is_dict()) {
       return absl::DataLossError(absl::StrCat("'", meta_path, "' holds a ",
                                               meta->root().kind_name(), ", not a dict"));

@@ -241,6 +241,38 @@ double Seconds(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// Runs a long command's work (`run(options)`) with a progress bar, Ctrl-C and
+// SIGTERM asking it to stop (options.cancel) rather than killing it mid-write.
+template <typename Options, typename Run>
+auto RunWithProgress(const std::string& command, bool show, Options& options, Run run) {
+  ProgressBar bar(command, show);
+  options.progress = [&bar](uint64_t done, uint64_t total) { bar.Update(done, total); };
+  options.cancel = &g_cancel;
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  auto result = run(options);
+  bar.Finish();
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  options.progress = nullptr;  // the bar is gone
+  return result;
+}
+
+// The exit code of a long command that failed: interrupted, an output that
+// exists without --force (a usage error), or a bad checkpoint.
+int LongCommandFailed(const std::string& command, const absl::Status& s) {
+  if (absl::IsCancelled(s)) {
+    std::fprintf(stderr, "fabric %s: interrupted; no output was written\n", command.c_str());
+    return kInterrupted;
+  }
+  if (absl::IsAlreadyExists(s)) {
+    std::fprintf(stderr, "fabric %s: error: %s\n", command.c_str(),
+                 std::string(s.message()).c_str());
+    return kUsage;
+  }
+  return Fail(command, s);
+}
+
 int Consolidate(const std::vector<std::string>& argv) {
   const std::string cmd = "consolidate";
   int rc = kOk;
@@ -264,28 +296,10 @@ int Consolidate(const std::vector<std::string>& argv) {
   }
   options.force = args->flags.count("force") > 0;
   options.verify_checksums = args->flags.count("no_verify_checksums") == 0;
-  ProgressBar bar("consolidate", *progress);
-  options.progress = [&bar](uint64_t done, uint64_t total) { bar.Update(done, total); };
-  options.cancel = &g_cancel;
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
   const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<ConsolidateStats> stats = tools::Consolidate(args->positional[0], options);
-  bar.Finish();
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
-  if (!stats.ok()) {
-    if (absl::IsCancelled(stats.status())) {
-      std::fprintf(stderr, "fabric %s: interrupted; no output was written\n", cmd.c_str());
-      return kInterrupted;
-    }
-    if (absl::IsAlreadyExists(stats.status())) {
-      std::fprintf(stderr, "fabric %s: error: %s\n", cmd.c_str(),
-                   std::string(stats.status().message()).c_str());
-      return kUsage;
-    }
-    return Fail(cmd, stats.status());
-  }
+  absl::StatusOr<ConsolidateStats> stats = RunWithProgress(
+      cmd, *progress, options, [&](const auto& o) { return tools::Consolidate(args->positional[0], o); });
+  if (!stats.ok()) return LongCommandFailed(cmd, stats.status());
   const double s = Seconds(start);
   std::printf("wrote %s: %lld keys, %lld tensors, %s in %.2f s (%s/s)%s\n",
               stats->output_file.c_str(), static_cast<long long>(stats->keys),
@@ -336,28 +350,10 @@ int Convert(const std::vector<std::string>& argv) {
     options.dtype = *d;
   }
   options.force = flag("force") != nullptr;
-  ProgressBar bar("convert", *progress);
-  options.progress = [&bar](uint64_t done, uint64_t total) { bar.Update(done, total); };
-  options.cancel = &g_cancel;
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
   const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<ConvertStats> stats = tools::Convert(args->positional[0], options);
-  bar.Finish();
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
-  if (!stats.ok()) {
-    if (absl::IsCancelled(stats.status())) {
-      std::fprintf(stderr, "fabric %s: interrupted; no output was written\n", cmd.c_str());
-      return kInterrupted;
-    }
-    if (absl::IsAlreadyExists(stats.status())) {
-      std::fprintf(stderr, "fabric %s: error: %s\n", cmd.c_str(),
-                   std::string(stats.status().message()).c_str());
-      return kUsage;
-    }
-    return Fail(cmd, stats.status());
-  }
+  absl::StatusOr<ConvertStats> stats = RunWithProgress(
+      cmd, *progress, options, [&](const auto& o) { return tools::Convert(args->positional[0], o); });
+  if (!stats.ok()) return LongCommandFailed(cmd, stats.status());
   const double s = Seconds(start);
   std::printf("wrote %s (%s): %lld tensors in %lld file(s), %s in %.2f s (%s/s)\n",
               stats->output.c_str(), stats->format.c_str(),
