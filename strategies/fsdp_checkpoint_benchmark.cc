@@ -147,21 +147,25 @@ struct FreshState {
   State state;
 };
 
-// A load as Fabric::Load runs it with its defaults (`checked`) or with both
-// off: checksums on, and all or nothing: the copy of the parameters taken on
+// How a benchmark load runs: as Fabric::Load with its defaults, with the
+// checksums alone, or with neither.
+enum class LoadKind { kFabric, kChecksOnly, kNeither };
+
+// A load as Fabric::Load runs it with its defaults (kFabric) or with part or
+// all of it off: checksums on, and all or nothing: the copy of the parameters taken on
 // another thread while the optimizer state is read into new tensors (the
 // load waits for it before its first write into a parameter), the copy put
 // back on failure. (Fabric also agrees on the outcome across ranks, one small
 // collective, left out here.) `fsdp`: the wrapper of the state's module, or
 // none (one process). `wait_s`: how long the load waited for the copy.
 absl::StatusOr<Dict> FabricStyleLoad(const std::string& dir, State& state,
-                                     FullyShardedDataParallel* fsdp, bool checked,
+                                     FullyShardedDataParallel* fsdp, LoadKind kind,
                                      double* wait_s = nullptr) {
   FsdpCheckpointOptions options;
-  options.load.verify_checksums = checked;
-  options.load.into_live_optimizer_buffers = !checked;
+  options.load.verify_checksums = kind != LoadKind::kNeither;
+  options.load.into_live_optimizer_buffers = kind != LoadKind::kFabric;
   const FsdpWrapperOf wrapper_of = fsdp ? WrapperLookup({fsdp}) : FsdpWrapperOf();
-  if (!checked) return FsdpLoadCheckpoint(dir, state, wrapper_of, options);
+  if (kind != LoadKind::kFabric) return FsdpLoadCheckpoint(dir, state, wrapper_of, options);
   StateSnapshot::ParamsOf shards_of;
   if (fsdp != nullptr) {
     shards_of = [fsdp](torch::nn::Module& m) -> std::optional<std::vector<at::Tensor>> {
@@ -191,13 +195,13 @@ absl::StatusOr<Dict> FabricStyleLoad(const std::string& dir, State& state,
 
 // One resharding load of `dir` into a FreshState, Fabric-style or with
 // neither checks nor all or nothing; returns its seconds.
-double LoadOnce(const std::string& dir, int layers, int width, bool checked,
+double LoadOnce(const std::string& dir, int layers, int width, LoadKind kind,
                 double* peak_gib = nullptr, double* wait_s = nullptr) {
   FreshState fresh(layers, width);
   ResetPeak();
   const int64_t before = StatusField("VmRSS:");
   auto t0 = Clock::now();
-  auto loaded = FabricStyleLoad(dir, fresh.state, nullptr, checked, wait_s);
+  auto loaded = FabricStyleLoad(dir, fresh.state, nullptr, kind, wait_s);
   const double s = Seconds(t0);
   if (!loaded.ok()) std::cerr << loaded.status() << "\n";
   if (peak_gib) *peak_gib = GiB(StatusField("VmHWM:") - before);
@@ -206,57 +210,74 @@ double LoadOnce(const std::string& dir, int layers, int width, bool checked,
 
 // A resharding load: the 2-rank sharded checkpoint into one process without
 // FSDP (every chunk of both rank files is read, and the optimizer state is
-// keyed back from names to indices). Each of `repeat` rounds loads cold with
-// and without checksums (alternating which goes first, so that neither gains
-// from the order) and compares the checked load with the mean of raw reads
-// of the same files just before and just after; the medians are reported.
-// Then both loads again from the page cache: the CPU cost of the checks alone.
+// keyed back from names to indices). Each of `repeat` rounds loads cold as
+// Fabric::Load does, with checksums alone, and with neither (rotating the
+// order, so that none gains from it), and compares the first two with the
+// mean of raw reads of the same files just before and just after; the
+// medians are reported. Then from the page cache: the CPU cost of each part.
 void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
-  std::vector<double> loads, unchecked_loads, raws, ratios, peaks;
+  std::vector<double> loads, checks_only_loads, unchecked_loads, raws, ratios,
+      checks_only_ratios, peaks;
   double bytes = 0;
   // Not counted: the first buffered reads after gigabytes of writes wait for
   // the host to flush them (one such load took 14 s against 2 s after it).
   Quiet();
   DropPageCache(dir);
   std::cout << absl::StrFormat("resharding: first load after the saves (not counted) %.2f s\n",
-                               LoadOnce(dir, layers, width, true));
+                               LoadOnce(dir, layers, width, LoadKind::kFabric));
+  constexpr LoadKind kKinds[] = {LoadKind::kFabric, LoadKind::kChecksOnly, LoadKind::kNeither};
   for (int r = 0; r < repeat; ++r) {
     Quiet();
     const auto [read_bytes, raw_before] = RawReadFolder(dir);
     bytes = read_bytes;
     double peak = 0, wait_s = 0;
-    for (int k = 0; k < 2; ++k) {
-      const bool checked = (k == 0) == (r % 2 == 0);
+    for (int k = 0; k < 3; ++k) {
+      const LoadKind kind = kKinds[(k + r) % 3];
+      const bool fabric = kind == LoadKind::kFabric;
       DropPageCache(dir);
-      const double s = LoadOnce(dir, layers, width, checked, checked ? &peak : nullptr,
-                                checked ? &wait_s : nullptr);
-      (checked ? loads : unchecked_loads).push_back(s);
+      const double s = LoadOnce(dir, layers, width, kind, fabric ? &peak : nullptr,
+                                fabric ? &wait_s : nullptr);
+      (fabric                           ? loads
+       : kind == LoadKind::kChecksOnly ? checks_only_loads
+                                        : unchecked_loads)
+          .push_back(s);
     }
     peaks.push_back(peak);
     raws.push_back((raw_before + RawReadFolder(dir).second) / 2);
     ratios.push_back(loads.back() / raws.back());
+    checks_only_ratios.push_back(checks_only_loads.back() / raws.back());
     std::cout << absl::StrFormat(
-        "resharding load %d (%s first): %.2f s with checksums and all or nothing (waited %.2f s "
-        "for its snapshot), %.2f s with neither, raw read %.2f s: %.2fx raw\n",
-        r + 1, r % 2 == 0 ? "checked" : "unchecked", loads.back(), wait_s,
-        unchecked_loads.back(), raws.back(), ratios.back());
+        "resharding load %d: %.2f s with checksums and all or nothing (waited %.2f s for its "
+        "snapshot), %.2f s with checksums alone, %.2f s with neither; raw read %.2f s: %.2fx, "
+        "%.2fx, %.2fx raw\n",
+        r + 1, loads.back(), wait_s, checks_only_loads.back(), unchecked_loads.back(),
+        raws.back(), ratios.back(), checks_only_ratios.back(),
+        unchecked_loads.back() / raws.back());
   }
+  std::cout << absl::StrFormat(
+      "resharding load with checksums alone %.2f s (median %.2fx raw), with neither %.2f s "
+      "(checks cost %+.1f%%)\n",
+      Median(checks_only_loads), Median(checks_only_ratios), Median(unchecked_loads),
+      100 * (Median(checks_only_loads) / Median(unchecked_loads) - 1));
   const double load_s = Median(loads), raw = Median(raws);
   std::cout << absl::StrFormat(
-      "resharding load with checksums and all or nothing %.2f s, with neither %.2f s (%+.1f%%)\n",
-      load_s, Median(unchecked_loads), 100 * (load_s / Median(unchecked_loads) - 1));
+      "resharding load with checksums and all or nothing %.2f s, against neither %+.1f%%\n",
+      load_s, 100 * (load_s / Median(unchecked_loads) - 1));
   std::cout << absl::StrFormat(
       "resharding load 2 -> 1 rank: %.2f GB in %.2f s (%.2f GB/s); raw O_DIRECT read of the same "
       "files %.2f s (%.2f GB/s); median of per-load ratios %.2fx raw; peak %.2f GiB above the "
       "model alone (its optimizer state is new: %.2f GiB)\n",
       bytes / 1e9, load_s, bytes / load_s / 1e9, raw, bytes / raw / 1e9, Median(ratios),
       Median(peaks), GiB(static_cast<int64_t>(bytes * 2 / 3)));
-  // Warm: the files stay in the page cache (read once, then three loads of each kind).
-  LoadOnce(dir, layers, width, false);
-  std::vector<double> warm_checked, warm_unchecked;
+  // Warm: the files stay in the page cache (read once, then three loads of
+  // each kind), so that only the CPU counts: what the checksums cost alone,
+  // and what all or nothing adds (its copy competes for the same two cores).
+  LoadOnce(dir, layers, width, LoadKind::kNeither);
+  std::vector<double> warm_checked, warm_checks_only, warm_unchecked;
   for (int r = 0; r < 3; ++r) {
-    warm_checked.push_back(LoadOnce(dir, layers, width, true));
-    warm_unchecked.push_back(LoadOnce(dir, layers, width, false));
+    warm_checked.push_back(LoadOnce(dir, layers, width, LoadKind::kFabric));
+    warm_checks_only.push_back(LoadOnce(dir, layers, width, LoadKind::kChecksOnly));
+    warm_unchecked.push_back(LoadOnce(dir, layers, width, LoadKind::kNeither));
   }
   // What Fabric::Load adds to make a load all or nothing: the copy of the
   // parameters it takes before reading (StateSnapshot; the optimizer state is
@@ -290,9 +311,10 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
       snapshot_bytes / 1e9, Median(snapshots), 100 * Median(snapshots) / load_s, full_bytes / 1e9,
       Median(full_snapshots));
   std::cout << absl::StrFormat(
-      "resharding load from the page cache: %.2f s with checksums, %.2f s without (checks cost "
-      "%+.1f%%, %.2f GB/s checked)\n",
-      Median(warm_checked), Median(warm_unchecked),
+      "resharding load from the page cache: %.2f s with neither, %.2f s with checksums alone "
+      "(%+.1f%%), %.2f s with checksums and all or nothing (%+.1f%%, %.2f GB/s)\n",
+      Median(warm_unchecked), Median(warm_checks_only),
+      100 * (Median(warm_checks_only) / Median(warm_unchecked) - 1), Median(warm_checked),
       100 * (Median(warm_checked) / Median(warm_unchecked) - 1), bytes / Median(warm_checked) / 1e9);
 }
 
@@ -412,7 +434,7 @@ int Run() {
     if (rank == 0) DropPageCache(sharded);
     (void)ctx->Barrier();
     t0 = Clock::now();
-    auto first = FabricStyleLoad(sharded, state, &fsdp, /*checked=*/true);
+    auto first = FabricStyleLoad(sharded, state, &fsdp, LoadKind::kFabric);
     (void)ctx->Barrier();
     if (!first.ok()) std::cerr << first.status() << "\n";
     if (rank == 0) {
@@ -428,7 +450,7 @@ int Run() {
     (void)ctx->Barrier();
     t0 = Clock::now();
     double wait_s = 0;
-    auto loaded = FabricStyleLoad(sharded, state, &fsdp, /*checked=*/true, &wait_s);
+    auto loaded = FabricStyleLoad(sharded, state, &fsdp, LoadKind::kFabric, &wait_s);
     (void)ctx->Barrier();
     sharded_loads.push_back(Seconds(t0));
     if (!loaded.ok()) std::cerr << loaded.status() << "\n";
