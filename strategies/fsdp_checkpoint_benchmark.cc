@@ -15,6 +15,7 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -193,16 +194,28 @@ absl::StatusOr<Dict> FabricStyleLoad(const std::string& dir, State& state,
   return rest;
 }
 
+// CPU seconds (user + system) this process has used, all threads.
+double CpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  auto sec = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
+  return sec(u.ru_utime) + sec(u.ru_stime);
+}
+
 // One resharding load of `dir` into a FreshState, Fabric-style or with
-// neither checks nor all or nothing; returns its seconds.
+// neither checks nor all or nothing; returns its seconds. `cpu_s`: the CPU
+// time it took (over 2 cores, a load that takes as much as twice its
+// seconds has no core to spare).
 double LoadOnce(const std::string& dir, int layers, int width, LoadKind kind,
-                double* peak_gib = nullptr, double* wait_s = nullptr) {
+                double* peak_gib = nullptr, double* wait_s = nullptr, double* cpu_s = nullptr) {
   FreshState fresh(layers, width);
   ResetPeak();
   const int64_t before = StatusField("VmRSS:");
+  const double cpu0 = CpuSeconds();
   auto t0 = Clock::now();
   auto loaded = FabricStyleLoad(dir, fresh.state, nullptr, kind, wait_s);
   const double s = Seconds(t0);
+  if (cpu_s) *cpu_s = CpuSeconds() - cpu0;
   if (!loaded.ok()) std::cerr << loaded.status() << "\n";
   if (peak_gib) *peak_gib = GiB(StatusField("VmHWM:") - before);
   return s;
@@ -230,13 +243,13 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
     Quiet();
     const auto [read_bytes, raw_before] = RawReadFolder(dir);
     bytes = read_bytes;
-    double peak = 0, wait_s = 0;
+    double peak = 0, wait_s = 0, cpu[3] = {0, 0, 0};
     for (int k = 0; k < 3; ++k) {
       const LoadKind kind = kKinds[(k + r) % 3];
       const bool fabric = kind == LoadKind::kFabric;
       DropPageCache(dir);
       const double s = LoadOnce(dir, layers, width, kind, fabric ? &peak : nullptr,
-                                fabric ? &wait_s : nullptr);
+                                fabric ? &wait_s : nullptr, &cpu[static_cast<int>(kind)]);
       (fabric                           ? loads
        : kind == LoadKind::kChecksOnly ? checks_only_loads
                                         : unchecked_loads)
@@ -249,10 +262,10 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
     std::cout << absl::StrFormat(
         "resharding load %d: %.2f s with checksums and all or nothing (waited %.2f s for its "
         "snapshot), %.2f s with checksums alone, %.2f s with neither; raw read %.2f s: %.2fx, "
-        "%.2fx, %.2fx raw\n",
+        "%.2fx, %.2fx raw; CPU %.2f, %.2f, %.2f s\n",
         r + 1, loads.back(), wait_s, checks_only_loads.back(), unchecked_loads.back(),
         raws.back(), ratios.back(), checks_only_ratios.back(),
-        unchecked_loads.back() / raws.back());
+        unchecked_loads.back() / raws.back(), cpu[0], cpu[1], cpu[2]);
   }
   std::cout << absl::StrFormat(
       "resharding load with checksums alone %.2f s (median %.2fx raw), with neither %.2f s "
