@@ -149,24 +149,24 @@ struct FreshState {
 };
 
 // How a benchmark load runs: as Fabric::Load with its defaults, with the
-// checksums alone, or with neither.
-enum class LoadKind { kFabric, kChecksOnly, kNeither };
+// checksums alone, or with neither. Indexes the per-kind figures.
+enum LoadKind { kFabric, kChecksOnly, kNeither, kLoadKinds };
 
-// A load as Fabric::Load runs it with its defaults (kFabric) or with part or
-// all of it off: checksums on, and all or nothing: the copy of the parameters taken on
-// another thread while the optimizer state is read into new tensors (the
-// load waits for it before its first write into a parameter), the copy put
-// back on failure. (Fabric also agrees on the outcome across ranks, one small
+// A load as Fabric::Load runs it with its defaults (kFabric: checksums on,
+// and all or nothing: the copy of the parameters taken on another thread
+// while the optimizer state is read into new tensors, the load waiting for
+// it before its first write into a parameter, the copy put back on
+// failure), or with the checksums alone, or with neither. (Fabric also agrees on the outcome across ranks, one small
 // collective, left out here.) `fsdp`: the wrapper of the state's module, or
 // none (one process). `wait_s`: how long the load waited for the copy.
 absl::StatusOr<Dict> FabricStyleLoad(const std::string& dir, State& state,
                                      FullyShardedDataParallel* fsdp, LoadKind kind,
                                      double* wait_s = nullptr) {
   FsdpCheckpointOptions options;
-  options.load.verify_checksums = kind != LoadKind::kNeither;
-  options.load.into_live_optimizer_buffers = kind != LoadKind::kFabric;
+  options.load.verify_checksums = kind != kNeither;
+  options.load.into_live_optimizer_buffers = kind != kFabric;
   const FsdpWrapperOf wrapper_of = fsdp ? WrapperLookup({fsdp}) : FsdpWrapperOf();
-  if (kind != LoadKind::kFabric) return FsdpLoadCheckpoint(dir, state, wrapper_of, options);
+  if (kind != kFabric) return FsdpLoadCheckpoint(dir, state, wrapper_of, options);
   StateSnapshot::ParamsOf shards_of;
   if (fsdp != nullptr) {
     shards_of = [fsdp](torch::nn::Module& m) -> std::optional<std::vector<at::Tensor>> {
@@ -202,8 +202,8 @@ double CpuSeconds() {
   return sec(u.ru_utime) + sec(u.ru_stime);
 }
 
-// One resharding load of `dir` into a FreshState, Fabric-style or with
-// neither checks nor all or nothing; returns its seconds. `cpu_s`: the CPU
+// One resharding load of `dir` into a FreshState, run as `kind` says;
+// returns its seconds. `cpu_s`: the CPU
 // time it took (over 2 cores, a load that takes as much as twice its
 // seconds has no core to spare).
 double LoadOnce(const std::string& dir, int layers, int width, LoadKind kind,
@@ -223,74 +223,67 @@ double LoadOnce(const std::string& dir, int layers, int width, LoadKind kind,
 
 // A resharding load: the 2-rank sharded checkpoint into one process without
 // FSDP (every chunk of both rank files is read, and the optimizer state is
-// keyed back from names to indices). Each of `repeat` rounds loads cold as
-// Fabric::Load does, with checksums alone, and with neither (rotating the
-// order, so that none gains from it), and compares the first two with the
-// mean of raw reads of the same files just before and just after; the
-// medians are reported. Then from the page cache: the CPU cost of each part.
+// keyed back from names to indices). Each of `repeat` rounds loads cold once
+// of each kind (rotating the order, so that none gains from it) and compares
+// each with the mean of raw reads of the same files just before and just
+// after; the medians are reported. Then from the page cache: the CPU cost of
+// each part.
 void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
-  std::vector<double> loads, checks_only_loads, unchecked_loads, raws, ratios,
-      checks_only_ratios, peaks;
+  std::vector<double> secs[kLoadKinds], ratios[kLoadKinds], raws, peaks;
   double bytes = 0;
   // Not counted: the first buffered reads after gigabytes of writes wait for
   // the host to flush them (one such load took 14 s against 2 s after it).
   Quiet();
   DropPageCache(dir);
   std::cout << absl::StrFormat("resharding: first load after the saves (not counted) %.2f s\n",
-                               LoadOnce(dir, layers, width, LoadKind::kFabric));
-  constexpr LoadKind kKinds[] = {LoadKind::kFabric, LoadKind::kChecksOnly, LoadKind::kNeither};
+                               LoadOnce(dir, layers, width, kFabric));
   for (int r = 0; r < repeat; ++r) {
     Quiet();
     const auto [read_bytes, raw_before] = RawReadFolder(dir);
     bytes = read_bytes;
-    double peak = 0, wait_s = 0, cpu[3] = {0, 0, 0};
-    for (int k = 0; k < 3; ++k) {
-      const LoadKind kind = kKinds[(k + r) % 3];
-      const bool fabric = kind == LoadKind::kFabric;
+    double peak = 0, wait_s = 0, cpu[kLoadKinds] = {};
+    for (int k = 0; k < kLoadKinds; ++k) {
+      const LoadKind kind = static_cast<LoadKind>((k + r) % kLoadKinds);
       DropPageCache(dir);
-      const double s = LoadOnce(dir, layers, width, kind, fabric ? &peak : nullptr,
-                                fabric ? &wait_s : nullptr, &cpu[static_cast<int>(kind)]);
-      (fabric                           ? loads
-       : kind == LoadKind::kChecksOnly ? checks_only_loads
-                                        : unchecked_loads)
-          .push_back(s);
+      secs[kind].push_back(LoadOnce(dir, layers, width, kind, kind == kFabric ? &peak : nullptr,
+                                    kind == kFabric ? &wait_s : nullptr, &cpu[kind]));
     }
     peaks.push_back(peak);
     raws.push_back((raw_before + RawReadFolder(dir).second) / 2);
-    ratios.push_back(loads.back() / raws.back());
-    checks_only_ratios.push_back(checks_only_loads.back() / raws.back());
+    for (int k = 0; k < kLoadKinds; ++k) ratios[k].push_back(secs[k].back() / raws.back());
     std::cout << absl::StrFormat(
         "resharding load %d: %.2f s with checksums and all or nothing (waited %.2f s for its "
         "snapshot), %.2f s with checksums alone, %.2f s with neither; raw read %.2f s: %.2fx, "
         "%.2fx, %.2fx raw; CPU %.2f, %.2f, %.2f s\n",
-        r + 1, loads.back(), wait_s, checks_only_loads.back(), unchecked_loads.back(),
-        raws.back(), ratios.back(), checks_only_ratios.back(),
-        unchecked_loads.back() / raws.back(), cpu[0], cpu[1], cpu[2]);
+        r + 1, secs[kFabric].back(), wait_s, secs[kChecksOnly].back(), secs[kNeither].back(),
+        raws.back(), ratios[kFabric].back(), ratios[kChecksOnly].back(),
+        ratios[kNeither].back(), cpu[kFabric], cpu[kChecksOnly], cpu[kNeither]);
   }
+  const double load_s = Median(secs[kFabric]), neither_s = Median(secs[kNeither]);
+  const double raw = Median(raws);
   std::cout << absl::StrFormat(
       "resharding load with checksums alone %.2f s (median %.2fx raw), with neither %.2f s "
       "(checks cost %+.1f%%)\n",
-      Median(checks_only_loads), Median(checks_only_ratios), Median(unchecked_loads),
-      100 * (Median(checks_only_loads) / Median(unchecked_loads) - 1));
-  const double load_s = Median(loads), raw = Median(raws);
+      Median(secs[kChecksOnly]), Median(ratios[kChecksOnly]), neither_s,
+      100 * (Median(secs[kChecksOnly]) / neither_s - 1));
   std::cout << absl::StrFormat(
       "resharding load with checksums and all or nothing %.2f s, against neither %+.1f%%\n",
-      load_s, 100 * (load_s / Median(unchecked_loads) - 1));
+      load_s, 100 * (load_s / neither_s - 1));
   std::cout << absl::StrFormat(
       "resharding load 2 -> 1 rank: %.2f GB in %.2f s (%.2f GB/s); raw O_DIRECT read of the same "
       "files %.2f s (%.2f GB/s); median of per-load ratios %.2fx raw; peak %.2f GiB above the "
       "model alone (its optimizer state is new: %.2f GiB)\n",
-      bytes / 1e9, load_s, bytes / load_s / 1e9, raw, bytes / raw / 1e9, Median(ratios),
+      bytes / 1e9, load_s, bytes / load_s / 1e9, raw, bytes / raw / 1e9, Median(ratios[kFabric]),
       Median(peaks), GiB(static_cast<int64_t>(bytes * 2 / 3)));
   // Warm: the files stay in the page cache (read once, then three loads of
   // each kind), so that only the CPU counts: what the checksums cost alone,
   // and what all or nothing adds (its copy competes for the same two cores).
-  LoadOnce(dir, layers, width, LoadKind::kNeither);
-  std::vector<double> warm_checked, warm_checks_only, warm_unchecked;
+  LoadOnce(dir, layers, width, kNeither);
+  std::vector<double> warm[kLoadKinds];
   for (int r = 0; r < 3; ++r) {
-    warm_checked.push_back(LoadOnce(dir, layers, width, LoadKind::kFabric));
-    warm_checks_only.push_back(LoadOnce(dir, layers, width, LoadKind::kChecksOnly));
-    warm_unchecked.push_back(LoadOnce(dir, layers, width, LoadKind::kNeither));
+    for (int k = 0; k < kLoadKinds; ++k) {
+      warm[k].push_back(LoadOnce(dir, layers, width, static_cast<LoadKind>(k)));
+    }
   }
   // What Fabric::Load adds to make a load all or nothing: the copy of the
   // parameters it takes before reading (StateSnapshot; the optimizer state is
@@ -326,9 +319,10 @@ void ReshardingLoad(const std::string& dir, int layers, int width, int repeat) {
   std::cout << absl::StrFormat(
       "resharding load from the page cache: %.2f s with neither, %.2f s with checksums alone "
       "(%+.1f%%), %.2f s with checksums and all or nothing (%+.1f%%, %.2f GB/s)\n",
-      Median(warm_unchecked), Median(warm_checks_only),
-      100 * (Median(warm_checks_only) / Median(warm_unchecked) - 1), Median(warm_checked),
-      100 * (Median(warm_checked) / Median(warm_unchecked) - 1), bytes / Median(warm_checked) / 1e9);
+      Median(warm[kNeither]), Median(warm[kChecksOnly]),
+      100 * (Median(warm[kChecksOnly]) / Median(warm[kNeither]) - 1), Median(warm[kFabric]),
+      100 * (Median(warm[kFabric]) / Median(warm[kNeither]) - 1),
+      bytes / Median(warm[kFabric]) / 1e9);
 }
 
 int Run() {
@@ -447,7 +441,7 @@ int Run() {
     if (rank == 0) DropPageCache(sharded);
     (void)ctx->Barrier();
     t0 = Clock::now();
-    auto first = FabricStyleLoad(sharded, state, &fsdp, LoadKind::kFabric);
+    auto first = FabricStyleLoad(sharded, state, &fsdp, kFabric);
     (void)ctx->Barrier();
     if (!first.ok()) std::cerr << first.status() << "\n";
     if (rank == 0) {
@@ -463,7 +457,7 @@ int Run() {
     (void)ctx->Barrier();
     t0 = Clock::now();
     double wait_s = 0;
-    auto loaded = FabricStyleLoad(sharded, state, &fsdp, LoadKind::kFabric, &wait_s);
+    auto loaded = FabricStyleLoad(sharded, state, &fsdp, kFabric, &wait_s);
     (void)ctx->Barrier();
     sharded_loads.push_back(Seconds(t0));
     if (!loaded.ok()) std::cerr << loaded.status() << "\n";
