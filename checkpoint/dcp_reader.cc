@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "checkpoint/aligned_empty.h"
 #include "checkpoint/crc32.h"
 #include "checkpoint/dcp_metadata_check.h"
 #include "checkpoint/torch_save.h"
@@ -473,7 +474,10 @@ absl::StatusOr<at::Tensor> CheckpointReader::ReadTensor(const std::string& fqn,
                                                         const c10::Device& device) const {
   const TensorStorageMetadata* md = FindTensor(fqn);
   at::Tensor t;
-  if (md) t = at::empty(md->size, at::TensorOptions().dtype(md->properties.dtype).device(device));
+  if (md) {
+    t = device.is_cpu() ? AlignedEmpty(md->size, md->properties.dtype)
+                        : at::empty(md->size, at::TensorOptions().dtype(md->properties.dtype).device(device));
+  }
   FABRIC_RETURN_IF_ERROR(ReadTensorInto(fqn, t));
   return t;
 }

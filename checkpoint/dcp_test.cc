@@ -145,7 +145,8 @@ TEST(DcpTest, FileLayoutIsFileSystemWritersLayout) {
   auto results = WriteThreeRanks(dir, s);
   for (int r = 0; r < 3; ++r) EXPECT_TRUE(fs::exists(dir + "/" + RankFileName(r)));
   EXPECT_TRUE(fs::exists(dir + "/.metadata"));
-  // Rank 0's items: bytes first, then tensors, back to back from offset 0.
+  // Rank 0's items: bytes first, then tensors, back to back from offset 0
+  // but for tensors of 1 MiB or more, which start at a multiple of 4 KiB.
   ASSERT_EQ(results[0].size(), 6u);
   EXPECT_FALSE(results[0][0].is_tensor);
   EXPECT_FALSE(results[0][1].is_tensor);
@@ -154,6 +155,7 @@ TEST(DcpTest, FileLayoutIsFileSystemWritersLayout) {
   int64_t at = 0;
   for (const WriteResult& r : results[0]) {
     EXPECT_EQ(r.storage.relative_path, "__0_0.distcp");
+    if (r.is_tensor && r.storage.length > (1 << 20)) at = (at + 4095) / 4096 * 4096;
     EXPECT_EQ(r.storage.offset, at);
     at += r.storage.length;
     // Each item is a self-contained torch.save archive named "archive".
@@ -162,6 +164,27 @@ TEST(DcpTest, FileLayoutIsFileSystemWritersLayout) {
     EXPECT_EQ(head.substr(30, 16), "archive/data.pkl");
   }
   EXPECT_EQ(at, static_cast<int64_t>(file.size()));
+}
+
+// A tensor of 1 MiB or more has its data at a 4 KiB offset of the file, so
+// that loads can read it with O_DIRECT; small items stay back to back, and
+// Python's DCP reads the file either way (interop tests).
+TEST(DcpTest, BigTensorDataIsPageAligned) {
+  const std::string dir = FreshDir("aligned");
+  const at::Tensor small = at::arange(7, at::kFloat);
+  const at::Tensor big = at::arange(1 << 19, at::kFloat).mul(3.0f);  // 2 MiB
+  auto results = WriteRankFile(dir, 0,
+                               {WriteItem::Tensor("a", small), WriteItem::Tensor("big", big),
+                                WriteItem::Tensor("b", small)});
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), 3u);
+  const std::string file = ReadFile(dir + "/__0_0.distcp");
+  EXPECT_EQ((*results)[1].storage.offset % 4096, 0);
+  const size_t data_at = file.find(std::string(static_cast<const char*>(big.data_ptr()) + 4, 256));
+  ASSERT_NE(data_at, std::string::npos);
+  EXPECT_EQ((data_at - 4) % 4096, 0u) << "big tensor data at file offset " << data_at - 4;
+  EXPECT_EQ((*results)[2].storage.offset,
+            (*results)[1].storage.offset + (*results)[1].storage.length);
 }
 
 TEST(DcpTest, ReadsBackAnyBoxBitExact) {

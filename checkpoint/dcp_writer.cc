@@ -104,8 +104,22 @@ absl::Status CheckShard(const WriteItem& item, std::vector<int64_t>* offsets,
   return absl::OkStatus();
 }
 
+// Tensor items this big start at a 4 KiB offset of their file (zeros before
+// them, outside every item): with ZipWriter's 4 KiB alignment of big records,
+// their data is then 4 KiB-aligned in the file, and loads can read it with
+// O_DIRECT into page-aligned tensors. DCP's readers go by each item's offset.
+constexpr uint64_t kAlignedItemMin = uint64_t{1} << 20;
+constexpr uint64_t kItemAlignment = 4096;
+
 absl::Status WriteOne(ByteSink& file, const WriteItem& item, const std::string& file_name,
                       WriteResult* r) {
+  if (item.is_tensor() && item.tensor.nbytes() >= kAlignedItemMin &&
+      file.position() % kItemAlignment != 0) {
+    static const std::string zeros(kItemAlignment, '\0');
+    FABRIC_RETURN_IF_ERROR_PREFIX(
+        file.Write(zeros.data(), kItemAlignment - file.position() % kItemAlignment), "item '",
+        item.fqn, "': ");
+  }
   const uint64_t start = file.position();
   r->index.fqn = item.fqn;
   r->path = item.path.empty() ? ObjectPath{item.fqn} : item.path;

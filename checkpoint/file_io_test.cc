@@ -1,4 +1,5 @@
 #include "checkpoint/atomic_file_writer.h"
+#include "checkpoint/crc32.h"
 #include "checkpoint/file_reader.h"
 #include "checkpoint/fs_util.h"
 
@@ -7,10 +8,12 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -403,6 +406,81 @@ TEST(FileReaderTest, ReadBatchScattersRecordsInAnyOrder) {
   EXPECT_TRUE(absl::StrContains(s.message(), path)) << s;
   EXPECT_EQ(buf, std::string(100, 'x'));
   EXPECT_TRUE((*r)->ReadBatch({}).ok());
+}
+
+// Pages of [0, n) of path that the page cache holds, or -1 where the kernel
+// cannot say (cachestat(2), Linux 6.5).
+int64_t CachedPages(const std::string& path, uint64_t n) {
+  const int fd = open(path.c_str(), O_RDONLY);
+  struct {
+    uint64_t off, len;
+  } range{0, n};
+  uint64_t stat[5] = {};
+  const long r = syscall(451 /* cachestat */, fd, &range, stat, 0);
+  close(fd);
+  return r == 0 ? static_cast<int64_t>(stat[0]) : -1;
+}
+
+void DropCache(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY);
+  fdatasync(fd);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  close(fd);
+}
+
+// Cold reads whose destination shares the file offset's 4 KiB phase go
+// around the page cache (O_DIRECT); the unaligned head and tail, misaligned
+// destinations and cached bytes go through it. Every way gives the file's
+// bytes and their CRC.
+TEST(FileReaderTest, ColdAlignedReadsSkipThePageCache) {
+  const std::string dir = TestDir("reader_direct");
+  const std::string path = dir + "/f";
+  const std::string data = Pattern((24 << 20) + 4321, 9);
+  ASSERT_TRUE(AtomicWriteFile(path, data).ok());
+  auto r = FileReader::Open(path);
+  ASSERT_TRUE(r.ok());
+  void* mem = nullptr;
+  ASSERT_EQ(posix_memalign(&mem, 4096, data.size() + 8192), 0);
+  char* const base = static_cast<char*>(mem);
+  struct Case {
+    uint64_t offset;
+    size_t n;
+    size_t dst_phase;  // of dst against the offset, mod 4 KiB
+  };
+  // Aligned, unaligned head and tail, to the end of the file, one whole
+  // piece split over threads, a misaligned destination.
+  const Case cases[] = {{0, 8 << 20, 0},         {4096 * 3 + 100, (5 << 20) + 17, 0},
+                        {(8 << 20) + 7, data.size() - (8 << 20) - 7, 0},
+                        {0, data.size(), 0},     {1 << 20, 3 << 20, 64}};
+  for (const Case& c : cases) {
+    for (bool direct : {true, false}) {
+      SetDirectReads(direct);
+      DropCache(path);
+      char* dst = base + (c.offset % 4096 + c.dst_phase) % 4096;
+      std::memset(dst, 0, c.n);
+      std::vector<uint32_t> crcs;
+      ASSERT_TRUE((*r)->ReadBatch({{c.offset, dst, c.n}}, &crcs).ok());
+      SCOPED_TRACE(absl::StrCat("offset ", c.offset, " n ", c.n, " phase ", c.dst_phase,
+                                direct ? " direct" : " buffered"));
+      ASSERT_TRUE(std::string(dst, c.n) == data.substr(c.offset, c.n));
+      EXPECT_EQ(crcs[0], Crc32(0, data.data() + c.offset, c.n));
+      const int64_t cached = CachedPages(path, data.size());
+      if (cached < 0) continue;  // no cachestat: the reads were buffered
+      const int64_t pages = static_cast<int64_t>(c.n / 4096);
+      if (direct && c.dst_phase == 0) {
+        EXPECT_LT(cached, pages / 8) << "an aligned cold read filled the page cache";
+      } else {
+        EXPECT_GE(cached, pages) << "a buffered read left no pages in the cache";
+      }
+    }
+  }
+  // Cached bytes are read from the cache even where direct reads are on.
+  SetDirectReads(true);
+  std::string warm(data.size(), '\0');
+  ASSERT_TRUE((*r)->ReadAt(0, warm.data(), warm.size()).ok());  // buffered: misaligned
+  ASSERT_TRUE((*r)->ReadAt(0, base, data.size()).ok());
+  EXPECT_TRUE(std::string(base, data.size()) == data);
+  free(mem);
 }
 
 TEST(HelpersTest, EnsureDirectoryAndFsync) {

@@ -2,11 +2,14 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -42,8 +45,45 @@ constexpr size_t kCrcStep = size_t{256} << 10;
 // headers and alignment padding between tensor records) into one preadv.
 constexpr size_t kMaxGap = size_t{64} << 10;
 constexpr size_t kMaxIov = 512;  // well below IOV_MAX (1024)
+// O_DIRECT needs offset, length and address aligned to the device's logical
+// block (512 B here); 4 KiB suits every device. Below kDirectMin the page
+// cache's overhead does not matter. Cold, two 1.1 GB shard files in 16 MiB
+// pieces, four in flight (2026-12-03): straight into the destination
+// 1.29-1.50 GB/s and 0.35 s of CPU with the CRC, against 1.10-1.24 GB/s and
+// 0.83-0.84 s buffered (and a bounce buffer plus copy, 0.95-1.01 GB/s, is no
+// better than buffered, so misaligned reads stay buffered).
+constexpr uint64_t kDirectAlign = 4096;
+constexpr size_t kDirectMin = size_t{1} << 20;
+
+std::atomic<bool> g_direct_reads{[] {
+  const char* env = std::getenv("FABRIC_DIRECT_READS");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}()};
+
+// cachestat(2) (Linux 6.5): how many pages of a range the page cache holds,
+// without touching them. Returns false where the kernel lacks it.
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+struct CachestatRange {
+  uint64_t off, len;
+};
+struct Cachestat {
+  uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+bool CachedPages(int fd, uint64_t offset, uint64_t n, Cachestat* out) {
+  static std::atomic<bool> missing{false};
+  if (missing.load(std::memory_order_relaxed)) return false;
+  CachestatRange range{offset, n};
+  if (syscall(__NR_cachestat, fd, &range, out, 0) == 0) return true;
+  if (errno == ENOSYS) missing.store(true, std::memory_order_relaxed);
+  return false;
+}
 
 }  // namespace
+
+void SetDirectReads(bool on) { g_direct_reads.store(on); }
+bool DirectReadsEnabled() { return g_direct_reads.load(); }
 
 absl::StatusOr<std::shared_ptr<FileReader>> FileReader::Open(const std::string& path) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -58,13 +98,20 @@ absl::StatusOr<std::shared_ptr<FileReader>> FileReader::Open(const std::string& 
     close(fd);
     return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a regular file"));
   }
-  return std::shared_ptr<FileReader>(new FileReader(path, fd, static_cast<uint64_t>(st.st_size)));
+  // A file system without O_DIRECT refuses the open (EINVAL): read buffered.
+  const int direct_fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+  return std::shared_ptr<FileReader>(
+      new FileReader(path, fd, direct_fd, static_cast<uint64_t>(st.st_size)));
 }
 
-FileReader::FileReader(std::string path, int fd, uint64_t size)
-    : path_(std::move(path)), fd_(fd), size_(size) {}
+FileReader::FileReader(std::string path, int fd, int direct_fd, uint64_t size)
+    : path_(std::move(path)), fd_(fd), direct_fd_(direct_fd), direct_ok_(direct_fd >= 0),
+      size_(size) {}
 
-FileReader::~FileReader() { close(fd_); }
+FileReader::~FileReader() {
+  close(fd_);
+  if (direct_fd_ >= 0) close(direct_fd_);
+}
 
 absl::Status FileReader::CheckRange(uint64_t offset, size_t n) const {
   if (offset > size_ || n > size_ - offset) {
@@ -79,7 +126,7 @@ absl::Status FileReader::ReadAt(uint64_t offset, void* dst, size_t n) const {
   if (n == 0) return absl::OkStatus();
   if (n < kParallelReadMin) {
     FABRIC_RETURN_IF_ERROR(CheckRange(offset, n));
-    return ReadRange(offset, static_cast<char*>(dst), n);
+    return ReadPiece(offset, static_cast<char*>(dst), n, nullptr);
   }
   return ReadBatch({ReadRequest{offset, dst, n}});
 }
@@ -180,15 +227,7 @@ absl::Status FileReader::ReadSpan(const Span& span, Piece* pieces, char* scratch
   const ReadSlot slot(*this);
   if (span.last - span.first == 1) {
     Piece& p = pieces[span.first];
-    if (!crc) return ReadRange(p.offset, p.dst, p.n);
-    if (p.n > kCrcStep) (void)readahead(fd_, static_cast<off64_t>(p.offset), p.n);
-    p.crc = 0;
-    for (size_t at = 0; at < p.n; at += kCrcStep) {
-      const size_t n = std::min(kCrcStep, p.n - at);
-      FABRIC_RETURN_IF_ERROR(ReadRange(p.offset + at, p.dst + at, n));
-      p.crc = Crc32(p.crc, p.dst + at, n);
-    }
-    return absl::OkStatus();
+    return ReadPiece(p.offset, p.dst, p.n, crc ? &p.crc : nullptr);
   }
   std::vector<iovec> iov;
   iov.reserve(2 * (span.last - span.first));
@@ -228,6 +267,61 @@ absl::Status FileReader::ReadSpan(const Span& span, Piece* pieces, char* scratch
     for (size_t i = span.first; i < span.last; ++i) {
       pieces[i].crc = Crc32(0, pieces[i].dst, pieces[i].n);
     }
+  }
+  return absl::OkStatus();
+}
+
+bool FileReader::UseDirect(uint64_t offset, const char* dst, size_t n) const {
+  if (n < kDirectMin || !direct_ok_.load(std::memory_order_relaxed) || !DirectReadsEnabled()) {
+    return false;
+  }
+  if ((reinterpret_cast<uintptr_t>(dst) - offset) % kDirectAlign != 0) return false;
+  // Bytes the page cache holds are read faster from it (a load right after
+  // a save, or a second load); dirty ones O_DIRECT would first write back.
+  // Where the kernel cannot tell, read buffered as before.
+  Cachestat cs;
+  if (!CachedPages(fd_, offset, n, &cs)) return false;
+  return cs.nr_dirty == 0 && cs.nr_writeback == 0 && cs.nr_cache * kDirectAlign < n / 8;
+}
+
+absl::Status FileReader::ReadPiece(uint64_t offset, char* dst, size_t n, uint32_t* crc) const {
+  if (UseDirect(offset, dst, n)) {
+    // The unaligned head and tail (under 4 KiB each) through the page
+    // cache, the aligned middle straight into dst.
+    const uint64_t begin = (offset + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
+    const uint64_t end = (offset + n) / kDirectAlign * kDirectAlign;
+    const size_t head = static_cast<size_t>(begin - offset);
+    const size_t tail = static_cast<size_t>(offset + n - end);
+    FABRIC_RETURN_IF_ERROR(ReadRange(offset, dst, head));
+    uint64_t at = begin;
+    while (at < end) {
+      const ssize_t r = pread(direct_fd_, dst + (at - offset), std::min<uint64_t>(end - at, kMaxIo),
+                              static_cast<off_t>(at));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && errno == EINVAL) {
+        // This file system or device will not: read the rest buffered.
+        direct_ok_.store(false, std::memory_order_relaxed);
+        break;
+      }
+      if (r < 0) {
+        return ErrnoStatus(errno, absl::StrCat("reading ", n, " bytes at offset ", offset, " of '",
+                                               path_, "' failed"));
+      }
+      if (r == 0) break;  // the file shrank: ReadRange below reports it
+      at += static_cast<uint64_t>(r);
+    }
+    FABRIC_RETURN_IF_ERROR(ReadRange(at, dst + (at - offset), static_cast<size_t>(end - at) + tail));
+    // The bytes came by DMA, not through this core's cache: one pass.
+    if (crc) *crc = Crc32(0, dst, n);
+    return absl::OkStatus();
+  }
+  if (!crc) return ReadRange(offset, dst, n);
+  if (n > kCrcStep) (void)readahead(fd_, static_cast<off64_t>(offset), n);
+  *crc = 0;
+  for (size_t at = 0; at < n; at += kCrcStep) {
+    const size_t step = std::min(kCrcStep, n - at);
+    FABRIC_RETURN_IF_ERROR(ReadRange(offset + at, dst + at, step));
+    *crc = Crc32(*crc, dst + at, step);
   }
   return absl::OkStatus();
 }

@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "checkpoint/aligned_empty.h"
 #include "checkpoint/load_report.h"
 #include "checkpoint/tensor_value.h"
 
@@ -238,7 +239,7 @@ absl::StatusOr<at::Tensor> StateTensor(const Value& v, const at::Tensor& param,
     if (!param.is_floating_point() || ref.dtype == param.scalar_type()) {
       at::Tensor dst = existing.defined() && ReadsStraightInto(ref, existing)
                            ? existing
-                           : at::empty(ref.sizes, at::TensorOptions().dtype(ref.dtype));
+                           : AlignedEmpty(ref.sizes, ref.dtype);
       reads.deferred.push_back(TensorRead{ref, dst});
       reads.paths.push_back(path);
       return dst;

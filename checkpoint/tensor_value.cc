@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "checkpoint/aligned_empty.h"
 
 namespace fabric {
 
@@ -32,7 +33,7 @@ absl::StatusOr<at::Tensor> MaterializeValue(const Value& value,
         key, ": tensor not read yet (storage '", ref.storage_key,
         "') and no TensorSource given"));
   }
-  at::Tensor tensor = at::empty(ref.sizes, at::TensorOptions().dtype(ref.dtype));
+  at::Tensor tensor = AlignedEmpty(ref.sizes, ref.dtype);
   FABRIC_RETURN_IF_ERROR_PREFIX(source(ref, tensor), key, ": ");
   return tensor;
 }

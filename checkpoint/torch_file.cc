@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "checkpoint/aligned_empty.h"
 #include "checkpoint/crc32.h"
 #include "checkpoint/pickle_reader.h"
 #include "checkpoint/torch_save.h"
@@ -230,7 +231,7 @@ absl::StatusOr<at::Tensor> TorchFile::ReadTensor(const TensorRef& ref,
   FABRIC_ASSIGN_OR_RETURN(const ZipReader::Entry* entry, StorageRecord(ref));
   at::Tensor out;
   if (ref.is_contiguous()) {
-    out = at::empty(ref.sizes, at::TensorOptions().dtype(ref.dtype));
+    out = AlignedEmpty(ref.sizes, ref.dtype);
     const uint64_t nbytes = static_cast<uint64_t>(out.numel()) * out.element_size();
     if (nbytes > 0 || zip_->verifies()) {
       const uint64_t lo = nbytes ? static_cast<uint64_t>(ref.storage_offset) * out.element_size()

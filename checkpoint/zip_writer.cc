@@ -17,6 +17,12 @@ using zip_format::kMax16;
 using zip_format::kMax32;
 
 constexpr uint64_t kAlignment = 64;
+// Records this big start at a multiple of 4 KiB instead (PyTorch's readers
+// only need 64): with the archive at a 4 KiB offset of its file, a load can
+// read them with O_DIRECT straight into page-aligned tensors. At most 4 KiB
+// of padding per such record.
+constexpr uint64_t kBigRecord = uint64_t{1} << 20;
+constexpr uint64_t kBigAlignment = 4096;
 
 // Little-endian field appender.
 class Bytes {
@@ -98,9 +104,11 @@ absl::Status ZipWriter::StartRecord(std::string_view name, uint64_t size, uint32
   const bool zip64 = options_.force_zip64 || size >= kMax32;
   const uint16_t flags = zip_format::kFlagUtf8 | (descriptor ? zip_format::kFlagDescriptor : 0);
   const size_t zip64_extra = zip64 ? 20 : 0;
-  // Pad with an "FB" extra field so that the data starts 64-aligned.
+  // Pad with an "FB" extra field so that the data starts 64-aligned (4 KiB
+  // for big records).
   const uint64_t unpadded = offset + zip_format::kLocalHeaderSize + full.size() + zip64_extra + 4;
-  const size_t pad = static_cast<size_t>((kAlignment - unpadded % kAlignment) % kAlignment);
+  const uint64_t align = size >= kBigRecord ? kBigAlignment : kAlignment;
+  const size_t pad = static_cast<size_t>((align - unpadded % align) % align);
   const uint64_t known = descriptor ? 0 : size;
 
   std::string h;

@@ -3,7 +3,9 @@
 //  - every record is STORED (uncompressed) under `<archive_name>/<name>`;
 //  - every record's data starts at a multiple of 64 bytes from the start of
 //    the archive (the padding is an "FB" extra field in the local header), so
-//    a reader can mmap the file and use tensor data in place;
+//    a reader can mmap the file and use tensor data in place; records of
+//    1 MiB or more at a multiple of 4 KiB, so that loads can read them with
+//    O_DIRECT;
 //  - zip64 extra fields and end records where sizes, offsets or the number
 //    of records do not fit the classic fields (end records always carry a
 //    zip64 pair, as PyTorch's do);

@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "checkpoint/aligned_empty.h"
 
 namespace fabric::strategies {
 
@@ -460,8 +461,13 @@ absl::StatusOr<std::unique_ptr<FullyShardedDataParallel>> FullyShardedDataParall
   {
     at::NoGradGuard no_grad;
     for (State::Unit& unit : state->units) {
-      unit.flat_shard = at::zeros({unit.shard_numel},
-                                  at::TensorOptions().dtype(unit.dtype).device(state->device));
+      // On CPU page-aligned, as checkpoint files align big records, so that
+      // loads can read the shards with O_DIRECT.
+      unit.flat_shard =
+          state->device.is_cpu()
+              ? AlignedEmpty({unit.shard_numel}, unit.dtype).zero_()
+              : at::zeros({unit.shard_numel},
+                          at::TensorOptions().dtype(unit.dtype).device(state->device));
       unit.full_nbytes =
           unit.full_numel * static_cast<int64_t>(c10::elementSize(unit.compute_dtype));
       unit.full_storage = NewStorage(unit.full_nbytes, state->device);
