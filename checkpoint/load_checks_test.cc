@@ -3,6 +3,9 @@
 // with a message naming the file and the key, or (bytes no load uses) load
 // exactly the original values; loads of other keys still succeed; truncated
 // files and a shard file of another checkpoint are refused.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -41,6 +44,15 @@ std::string TestDir(const std::string& name) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
+}
+
+// Drops path's pages from the page cache, so that the next read is cold.
+void DropCache(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << path;
+  fdatasync(fd);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  close(fd);
 }
 
 // Bitwise equality of two loaded trees (tensors by their bytes).
@@ -201,6 +213,7 @@ TEST(LoadChecks, LargeRecordFlippedAtStepAndPieceEdgesIsRefused) {
   }
   ASSERT_NE(data, nullptr);
   ASSERT_EQ(data->size, big.numel() * 4u);
+  EXPECT_EQ(data->data_offset % 4096, 0u);
   const uint64_t step = 256 << 10, piece = 16 << 20;
   const std::string flipped = dir + "/flipped.pt";
   for (uint64_t at : {uint64_t{0}, step - 1, step, piece - 1, piece, 2 * piece + 3 * step + 7,
@@ -208,12 +221,19 @@ TEST(LoadChecks, LargeRecordFlippedAtStepAndPieceEdgesIsRefused) {
     std::string b = bytes;
     b[data->data_offset + at] = static_cast<char>(b[data->data_offset + at] ^ 0x01);
     Spit(flipped, b);
-    absl::StatusOr<Value> loaded = TorchLoad(flipped);
-    ASSERT_FALSE(loaded.ok()) << "flip at byte " << at << " of the record loaded";
-    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss) << loaded.status();
-    EXPECT_NE(loaded.status().message().find("'big'"), std::string::npos) << loaded.status();
-    EXPECT_NE(loaded.status().message().find(flipped), std::string::npos) << loaded.status();
+    // From the page cache, and cold: then the record (4 KiB-aligned in the
+    // file) is read with O_DIRECT into a page-aligned tensor.
+    for (bool cold : {false, true}) {
+      if (cold) DropCache(flipped);
+      absl::StatusOr<Value> loaded = TorchLoad(flipped);
+      ASSERT_FALSE(loaded.ok()) << "flip at byte " << at << " of the record loaded"
+                                << (cold ? " cold" : "");
+      EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss) << loaded.status();
+      EXPECT_NE(loaded.status().message().find("'big'"), std::string::npos) << loaded.status();
+      EXPECT_NE(loaded.status().message().find(flipped), std::string::npos) << loaded.status();
+    }
   }
+  DropCache(path);
   absl::StatusOr<Value> intact = TorchLoad(path);
   ASSERT_TRUE(intact.ok()) << intact.status();
   EXPECT_TRUE(at::equal(intact->as_dict().Find("big")->as_tensor(), big));

@@ -218,7 +218,7 @@ absl::StatusOr<at::Storage> TorchFile::ReadStorage(const TensorRef& ref,
                                                    const c10::Device& device) const {
   FABRIC_ASSIGN_OR_RETURN(const ZipReader::Entry* entry, StorageRecord(ref));
   const int64_t nbytes = ref.storage_numel * ElementSize(ref.dtype);
-  at::Tensor bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
+  at::Tensor bytes = AlignedEmpty({nbytes}, at::kByte);
   FABRIC_RETURN_IF_ERROR(ReadRecords({RecordRead{entry, ref.storage_key, 0,
                                                  nbytes > 0 ? bytes.data_ptr() : nullptr,
                                                  static_cast<size_t>(nbytes)}}));
@@ -311,7 +311,7 @@ absl::StatusOr<Value> TorchFile::Materialize(const Value& value, const c10::Devi
         // refs to one storage may declare different sizes (a smaller first
         // one must not leave a later view reading past the allocation).
         const int64_t nbytes = static_cast<int64_t>(entry->size);
-        at::Tensor bytes = at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
+        at::Tensor bytes = AlignedEmpty({nbytes}, at::kByte);
         if (nbytes > 0 || zip_->verifies()) {
           batch.push_back(RecordRead{entry, ref.storage_key, 0,
                                      nbytes ? bytes.data_ptr() : nullptr,
