@@ -1,5 +1,11 @@
 // Sharded checkpoints: our writer and reader against each other and against
 // real torch.distributed.checkpoint (testdata/dcp_interop.py).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -185,6 +191,119 @@ TEST(DcpTest, BigTensorDataIsPageAligned) {
   EXPECT_EQ((data_at - 4) % 4096, 0u) << "big tensor data at file offset " << data_at - 4;
   EXPECT_EQ((*results)[2].storage.offset,
             (*results)[1].storage.offset + (*results)[1].storage.length);
+}
+
+// Pages of `path` the page cache holds, one flag per 4 KiB page.
+std::vector<bool> ResidentPages(const std::string& path) {
+  std::vector<bool> out;
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return out;
+  struct stat st;
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) {
+    const size_t n = static_cast<size_t>(st.st_size);
+    void* map = ::mmap(nullptr, n, PROT_READ, MAP_SHARED, fd, 0);
+    if (map != MAP_FAILED) {
+      const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+      std::vector<unsigned char> vec((n + page - 1) / page);
+      if (::mincore(map, n, vec.data()) == 0) {
+        for (unsigned char v : vec) out.push_back((v & 1) != 0);
+      }
+      ::munmap(map, n);
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+void EvictFromPageCache(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << path;
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+}
+
+// Prefetch starts the small reads a load makes first, all at once: small
+// items whole, and of a big chunk the pages its zip headers and directory
+// lie in, never its data (which loads read around the page cache); chunks
+// outside the wanted box are left alone.
+TEST(DcpTest, PrefetchReadsSmallItemsAndTheEndsOfBigOnes) {
+  const std::string dir = FreshDir("prefetch");
+  const at::Tensor small = at::arange(7, at::kFloat);
+  const at::Tensor big = at::arange(1 << 22, at::kFloat);  // 2 x 8 MiB chunks
+  std::vector<std::vector<WriteResult>> results;
+  for (int rank = 0; rank < 2; ++rank) {
+    std::vector<WriteItem> items = {
+        WriteItem::Shard("big", big.narrow(0, rank << 21, 1 << 21), {rank << 21}, {1 << 22})};
+    if (rank == 0) {
+      items.push_back(WriteItem::Tensor("small", small));
+      items.push_back(WriteItem::Object("lr", Value(0.5)));
+    }
+    absl::StatusOr<std::vector<WriteResult>> r = WriteRankFile(dir, rank, items);
+    ASSERT_TRUE(r.ok()) << r.status();
+    results.push_back(*r);
+  }
+  absl::StatusOr<Metadata> md = BuildMetadata(results, NewStorageMeta(dir));
+  ASSERT_TRUE(md.ok()) << md.status();
+  ASSERT_TRUE(WriteMetadata(dir, *md).ok());
+  const std::string file0 = dir + "/" + RankFileName(0), file1 = dir + "/" + RankFileName(1);
+  EvictFromPageCache(file0);
+  EvictFromPageCache(file1);
+  const auto count = [](const std::vector<bool>& pages, size_t from, size_t to) {
+    size_t n = 0;
+    for (size_t i = from; i < std::min(to, pages.size()); ++i) n += pages[i];
+    return n;
+  };
+  const std::vector<bool> cold = ResidentPages(file0);
+  ASSERT_FALSE(cold.empty());
+  if (count(cold, 0, cold.size()) > 0) GTEST_SKIP() << "this file system keeps evicted pages";
+
+  absl::StatusOr<std::unique_ptr<CheckpointReader>> reader = CheckpointReader::Open(dir);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  (*reader)->Prefetch({{"big", {0}, {1 << 21}}, {"small", {}, {}}, {"lr", {}, {}}});
+
+  const WriteResult* big_item = nullptr;
+  std::vector<const WriteResult*> small_items;
+  for (const WriteResult& r : results[0]) {
+    if (r.index.fqn == "big") {
+      big_item = &r;
+    } else {
+      small_items.push_back(&r);
+    }
+  }
+  ASSERT_NE(big_item, nullptr);
+  ASSERT_EQ(small_items.size(), 2u);
+  const size_t page = 4096;
+  const size_t big_first = big_item->storage.offset / page;
+  const size_t big_last = (big_item->storage.offset + big_item->storage.length - 1) / page;
+  std::vector<bool> pages;
+  auto wanted_in = [&] {
+    pages = ResidentPages(file0);
+    bool all = pages[big_first] && pages[big_last];
+    for (const WriteResult* r : small_items) {
+      all = all && count(pages, r->storage.offset / page,
+                         (r->storage.offset + r->storage.length - 1) / page + 1) ==
+                       (r->storage.offset + r->storage.length - 1) / page -
+                           r->storage.offset / page + 1;
+    }
+    return all;
+  };
+  for (int i = 0; i < 200 && !wanted_in(); ++i) usleep(10000);  // the reads are asynchronous
+  EXPECT_TRUE(wanted_in()) << "small items and the big chunk's ends were not read in";
+  // The big chunk's data between its first page and its last 64 KiB + 4 KiB.
+  const size_t tail_pages = (22 + 65535) / page + 2;
+  EXPECT_EQ(count(pages, big_first + 2, big_last - tail_pages), 0u)
+      << "Prefetch read the big chunk's data";
+  const std::vector<bool> other = ResidentPages(file1);
+  EXPECT_EQ(count(other, 0, other.size()), 0u) << "Prefetch read a chunk outside the box";
+
+  // And the reads that follow still see the right bytes.
+  absl::StatusOr<at::Tensor> got = (*reader)->ReadTensor("big");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(SameTensor(*got, big));
+  absl::StatusOr<Value> lr = (*reader)->ReadObject("lr");
+  ASSERT_TRUE(lr.ok()) << lr.status();
+  EXPECT_EQ(lr->as_float(), 0.5);
 }
 
 TEST(DcpTest, ReadsBackAnyBoxBitExact) {
