@@ -52,28 +52,6 @@ int64_t Volume(const std::vector<int64_t>& sizes) {
   return n;
 }
 
-// Prefetch: items this small are read whole; of bigger ones, the first page
-// (zip local headers and data.pkl: records of 1 MiB or more start 4 KiB
-// into an item we write, 64 bytes into Python's) and the tail ZipReader
-// reads to find the directory (end record plus the longest comment).
-constexpr uint64_t kPrefetchWhole = uint64_t{1} << 20;
-constexpr uint64_t kPrefetchHead = 4096;
-constexpr uint64_t kPrefetchTail = zip_format::kEndSize + zip_format::kMax16;
-constexpr uint64_t kPrefetchBudget = uint64_t{256} << 20;
-
-// Whether chunk `c` and the box at `offsets` of `sizes` share an element.
-bool Overlaps(const ChunkStorageMetadata& c, const std::vector<int64_t>& offsets,
-              const std::vector<int64_t>& sizes) {
-  if (offsets.size() != c.offsets.size() || sizes.size() != c.sizes.size()) return true;
-  for (size_t d = 0; d < sizes.size(); ++d) {
-    if (std::max(offsets[d], c.offsets[d]) >=
-        std::min(offsets[d] + sizes[d], c.offsets[d] + c.sizes[d])) {
-      return false;
-    }
-  }
-  return true;
-}
-
 // A relative path inside the folder: no absolute paths, no "..".
 bool SafeRelativePath(const std::string& p) {
   if (p.empty() || p[0] == '/') return false;
@@ -504,49 +482,6 @@ absl::StatusOr<at::Tensor> CheckpointReader::ReadTensor(const std::string& fqn,
   return t;
 }
 
-void CheckpointReader::Prefetch(const std::vector<WantedKey>& wanted) const {
-  // What one call may ask the page cache to take in; past it, reads come as
-  // they would have (a load of many small items must not flood memory).
-  uint64_t budget = kPrefetchBudget;
-  auto will_need = [&budget](const FileReader& file, uint64_t at, uint64_t n) {
-    if (n > budget) return;
-    budget -= n;
-    file.WillNeed(at, n);
-  };
-  auto item = [&](const std::string& fqn, const std::vector<int64_t>* offsets) {
-    absl::StatusOr<const StorageInfo*> info = Storage(fqn, offsets);
-    if (!info.ok()) return;
-    absl::StatusOr<std::shared_ptr<FileReader>> file = File((*info)->relative_path, fqn);
-    if (!file.ok()) return;
-    const uint64_t at = static_cast<uint64_t>((*info)->offset);
-    const uint64_t n = static_cast<uint64_t>((*info)->length);
-    if (n <= kPrefetchWhole) {
-      will_need(**file, at, n);
-      return;
-    }
-    will_need(**file, at, kPrefetchHead);
-    will_need(**file, at + n - kPrefetchTail, kPrefetchTail);
-  };
-  for (const WantedKey& w : wanted) {
-    if (IsBytes(w.fqn)) {
-      item(w.fqn, nullptr);
-      continue;
-    }
-    const TensorStorageMetadata* md = FindTensor(w.fqn);
-    if (md == nullptr) continue;
-    for (const ChunkStorageMetadata& c : md->chunks) {
-      if (w.sizes.empty() || Overlaps(c, w.offsets, w.sizes)) item(w.fqn, &c.offsets);
-    }
-  }
-}
-
-void CheckpointReader::PrefetchAll() const {
-  std::vector<WantedKey> every;
-  every.reserve(metadata_.state_dict_metadata.size());
-  for (const auto& [fqn, md] : metadata_.state_dict_metadata) every.push_back({fqn, {}, {}});
-  Prefetch(every);
-}
-
 absl::StatusOr<std::string> CheckpointReader::ReadBytes(const std::string& fqn) const {
   if (!IsBytes(fqn)) {
     if (FindTensor(fqn)) {
@@ -625,7 +560,6 @@ absl::StatusOr<Value> CheckpointReader::ReadObject(const std::string& fqn) const
 }
 
 absl::StatusOr<Value> CheckpointReader::ReadStateDict(const c10::Device& device) const {
-  PrefetchAll();
   std::unordered_map<std::string, const ObjectPath*> paths;
   if (metadata_.planner_data) {
     for (const auto& [fqn, path] : *metadata_.planner_data) paths.emplace(fqn, &path);

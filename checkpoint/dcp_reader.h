@@ -46,13 +46,6 @@ struct KeyInfo {
   std::vector<ChunkStorageMetadata> chunks;
 };
 
-// What a load will read of one key: all of it, or (tensors) the box at
-// `offsets` of `sizes`.
-struct WantedKey {
-  std::string fqn;
-  std::vector<int64_t> offsets, sizes;  // both empty: the whole key
-};
-
 struct ReaderOptions {
   // Overlaps bigger than this are read in slabs (rows of dim 0) of at most
   // this many bytes, which bounds the staging memory a read needs.
@@ -108,18 +101,6 @@ class CheckpointReader {
   // The whole tensor, newly allocated on `device`.
   absl::StatusOr<at::Tensor> ReadTensor(const std::string& fqn,
                                         const c10::Device& device = c10::kCPU) const;
-
-  // Starts reading, in the background, what reading `wanted` touches first,
-  // and returns at once: items of at most 1 MiB whole (bytes values, step
-  // counters, small chunks), and of bigger chunks the zip headers and
-  // directory at either end of the item, not their data (read later, often
-  // around the page cache). Cold, each of those small reads would otherwise
-  // be a round trip of its own, queued behind the load's big reads (and
-  // another rank's). At most 256 MiB a call. Unknown keys and missing files
-  // are skipped: the reads report them.
-  void Prefetch(const std::vector<WantedKey>& wanted) const;
-  // Prefetch of every key whole (a consolidation, ReadStateDict).
-  void PrefetchAll() const;
 
   // A bytes key's raw torch.save blob.
   absl::StatusOr<std::string> ReadBytes(const std::string& fqn) const;

@@ -133,13 +133,6 @@ absl::Status FileReader::ReadAt(uint64_t offset, void* dst, size_t n) const {
   return ReadBatch({ReadRequest{offset, dst, n}});
 }
 
-void FileReader::WillNeed(uint64_t offset, uint64_t n) const {
-  if (offset >= size_) return;
-  n = std::min(n, size_ - offset);
-  if (n > 0) (void)posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(n),
-                                 POSIX_FADV_WILLNEED);
-}
-
 // Requests [first, last) of the sorted list, contiguous in the file but for
 // gaps of at most kMaxGap, read by one preadv.
 struct FileReader::Span {

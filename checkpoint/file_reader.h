@@ -64,13 +64,6 @@ class FileReader {
   absl::Status ReadBatch(std::vector<ReadRequest> requests,
                          std::vector<uint32_t>* crcs = nullptr) const;
 
-  // Asks the kernel to start reading [offset, offset + n) into the page
-  // cache, and returns at once. Many small reads a load needs soon (zip
-  // directories, small items) then cost one round of disk requests rather
-  // than one round trip each, waiting behind other reads. The range is
-  // clipped to the file; failures are ignored (the reads report them).
-  void WillNeed(uint64_t offset, uint64_t n) const;
-
  private:
   struct Span;
   struct Piece;

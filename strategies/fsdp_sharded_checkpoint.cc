@@ -21,7 +21,6 @@
 #include "checkpoint/dcp_metadata.h"
 #include "checkpoint/dcp_reader.h"
 #include "checkpoint/dcp_writer.h"
-#include "checkpoint/file_reader.h"
 #include "checkpoint/fs_util.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/staging.h"
@@ -256,22 +255,6 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
   LoadPlan plan;
   std::vector<std::unique_ptr<OptimizerLoad>> optimizers;
   std::set<std::string> claimed_prefixes;
-  // Planning does no I/O: it lists what the load reads (prefetched all at
-  // once below) and the small values it needs whole before the plan can be
-  // checked (step counters, param_groups), read after the prefetch.
-  std::vector<dcp::WantedKey> wanted;
-  struct SmallRead {
-    std::string fqn;
-    bool tensor = false;
-    Dict* into = nullptr;
-    std::string name;
-  };
-  std::vector<SmallRead> small_reads;
-  struct OptimizerParts {
-    std::map<int, Dict> per_param;
-    std::map<int64_t, Dict> groups;
-  };
-  std::vector<std::unique_ptr<OptimizerParts>> parts;  // one per optimizers[i]
 
   auto check_tensor = [&](const std::string& fqn, c10::IntArrayRef shape) -> bool {
     if (!rd->Contains(fqn)) {
@@ -305,7 +288,6 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
         if (it == index.end()) {
           at::Tensor dst = v.as_tensor().detach();
           if (!check_tensor(fqn, dst.sizes())) continue;
-          wanted.push_back({fqn, {}, {}});
           plan.reads.push_back([rd, fqn, dst]() mutable { return rd->ReadTensorInto(fqn, dst); });
           continue;
         }
@@ -314,7 +296,6 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
         if (!info.owns_data()) continue;
         at::Tensor dst = info.shard.detach();
         std::vector<int64_t> offsets = info.ChunkOffsets(), sizes = info.ChunkSizes();
-        wanted.push_back({fqn, offsets, sizes});
         plan.reads.push_back([rd, fqn, dst, offsets, sizes]() mutable {
           return rd->ReadRegion(fqn, offsets, sizes, dst);
         });
@@ -325,12 +306,12 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
     // An optimizer.
     FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<OptimizerLoad> load,
                             NewOptimizerLoad(e, entries, options.load));
-    parts.push_back(std::make_unique<OptimizerParts>());
-    OptimizerParts& got = *parts.back();
     const std::vector<ParamRef>& refs = load->refs;
     const std::unordered_map<std::string, int>& by_fqn = load->by_fqn;
     const std::string state_prefix = e.key + ".state.";
     const std::string groups_prefix = e.key + ".param_groups.";
+    std::map<int, Dict> per_param;
+    std::map<int64_t, Dict> groups;
     for (const dcp::KeyInfo& key : keys) {
       const std::string& fqn = key.fqn;
       if (fqn.rfind(state_prefix, 0) == 0) {
@@ -342,9 +323,10 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
         const std::string name = rest.substr(dot + 1);
         const ParamRef& ref = refs[it->second];
         const FsdpParamInfo* info = InfoOf(ref);
-        Dict& slot = got.per_param[it->second];
+        Dict& slot = per_param[it->second];
         if (!key.is_tensor) {
-          small_reads.push_back({fqn, false, &slot, name});
+          FABRIC_ASSIGN_OR_RETURN(Value v, rd->ReadObject(fqn));
+          slot.Set(name, std::move(v));
           continue;
         }
         const std::vector<int64_t> param_shape =
@@ -356,7 +338,8 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
           continue;
         }
         if (name == "step" || (info == nullptr && key.size.empty())) {
-          small_reads.push_back({fqn, true, &slot, name});
+          FABRIC_ASSIGN_OR_RETURN(at::Tensor t, rd->ReadTensor(fqn));
+          slot.Set(name, Value(std::move(t)));
           continue;
         }
         // Read after every check, into the optimizer's buffer: this rank's
@@ -365,7 +348,6 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
         const std::vector<int64_t> sizes = info != nullptr ? info->shard.sizes().vec() : key.size;
         const std::vector<int64_t> offsets =
             info != nullptr ? info->ChunkOffsets() : std::vector<int64_t>(key.size.size(), 0);
-        if (owns) wanted.push_back({fqn, offsets, sizes});
         slot.Set(name, load->Deferred(key.dtype, sizes,
                                       [rd, fqn, offsets, sizes, owns](at::Tensor& dst) {
                                         if (!owns) return absl::OkStatus();
@@ -379,8 +361,26 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
           continue;
         }
         consumed.insert(fqn);
-        small_reads.push_back({fqn, false, &got.groups[g], rest.substr(dot + 1)});
+        FABRIC_ASSIGN_OR_RETURN(Value v, rd->ReadObject(fqn));
+        groups[g].Set(rest.substr(dot + 1), std::move(v));
       }
+    }
+    for (auto& [i, d] : per_param) load->state.Set(Value(static_cast<int64_t>(i)), Value(std::move(d)));
+    if (groups.empty()) {
+      plan.report.missing_keys.push_back(e.key + ".param_groups");
+    } else {
+      std::vector<Value> list;
+      for (auto& [g, d] : groups) {
+        if (g != static_cast<int64_t>(list.size())) {
+          return absl::DataLossError(absl::StrCat(dir, ": ", groups_prefix, list.size(),
+                                                  " is missing"));
+        }
+        list.push_back(Value(std::move(d)));
+      }
+      FABRIC_ASSIGN_OR_RETURN(load->groups, MapGroups(Value::List(std::move(list)), refs,
+                                                      *e.optimizer,
+                                                      absl::StrCat(dir, ": ", e.key, ".param_groups")));
+      load->has_groups = true;
     }
     optimizers.push_back(std::move(load));
   }
@@ -394,53 +394,10 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
     }
   }
 
-  // Every read the load will make, started in the background at once.
-  const std::string meta_path = LightningMetaPath(dir);
-  const bool has_meta = StatCheckpoint(meta_path).is_single_file();
-  for (const SmallRead& r : small_reads) wanted.push_back({r.fqn, {}, {}});
-  rd->Prefetch(wanted);
-  if (has_meta) {
-    if (absl::StatusOr<std::shared_ptr<FileReader>> f = FileReader::Open(meta_path); f.ok()) {
-      (*f)->WillNeed(0, (*f)->size());
-    }
-  }
-
-  for (const SmallRead& r : small_reads) {
-    if (r.tensor) {
-      FABRIC_ASSIGN_OR_RETURN(at::Tensor t, rd->ReadTensor(r.fqn));
-      r.into->Set(r.name, Value(std::move(t)));
-    } else {
-      FABRIC_ASSIGN_OR_RETURN(Value v, rd->ReadObject(r.fqn));
-      r.into->Set(r.name, std::move(v));
-    }
-  }
-  for (size_t o = 0; o < optimizers.size(); ++o) {
-    OptimizerLoad& load = *optimizers[o];
-    OptimizerParts& got = *parts[o];
-    for (auto& [i, d] : got.per_param) {
-      load.state.Set(Value(static_cast<int64_t>(i)), Value(std::move(d)));
-    }
-    if (got.groups.empty()) {
-      plan.report.missing_keys.push_back(load.key + ".param_groups");
-      continue;
-    }
-    std::vector<Value> list;
-    for (auto& [g, d] : got.groups) {
-      if (g != static_cast<int64_t>(list.size())) {
-        return absl::DataLossError(absl::StrCat(dir, ": ", load.key, ".param_groups.",
-                                                list.size(), " is missing"));
-      }
-      list.push_back(Value(std::move(d)));
-    }
-    FABRIC_ASSIGN_OR_RETURN(load.groups,
-                            MapGroups(Value::List(std::move(list)), load.refs, *load.optimizer,
-                                      absl::StrCat(dir, ": ", load.key, ".param_groups")));
-    load.has_groups = true;
-  }
-
   // meta.pt: the other entries.
   Dict meta;
-  if (has_meta) {
+  const std::string meta_path = LightningMetaPath(dir);
+  if (StatCheckpoint(meta_path).is_single_file()) {
     FABRIC_ASSIGN_OR_RETURN(Value loaded, TorchLoad(meta_path, c10::kCPU, options.load));
     if (!loaded.is_dict()) {
       return absl::DataLossError(absl::StrCat(meta_path, ": expected a dict, got ",
@@ -449,14 +406,14 @@ absl::StatusOr<Dict> FsdpLoadSharded(const std::string& dir, State& state,
     meta = loaded.as_dict();
   }
   Dict remaining;
-  std::set<std::string> wanted_values;
+  std::set<std::string> wanted;
   for (const Entry& e : entries) {
     if (e.kind != Kind::kValue) continue;
-    wanted_values.insert(e.key);
+    wanted.insert(e.key);
     if (meta.Find(e.key) == nullptr) plan.report.missing_keys.push_back(e.key);
   }
   for (const auto& [k, v] : meta) {
-    if (!k.is_string() || wanted_values.count(k.as_string()) == 0) remaining.Set(k, v);
+    if (!k.is_string() || wanted.count(k.as_string()) == 0) remaining.Set(k, v);
   }
 
   FABRIC_RETURN_IF_ERROR(plan.report.ToStatus(dir, options.strict));

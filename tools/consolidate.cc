@@ -194,7 +194,6 @@ absl::StatusOr<ConsolidateStats> Consolidate(const std::string& folder_arg,
   FABRIC_ASSIGN_OR_RETURN(std::unique_ptr<dcp::CheckpointReader> reader,
                           dcp::CheckpointReader::Open(folder, reader_options));
   const dcp::Metadata& md = reader->metadata();
-  reader->PrefetchAll();  // the small values below, and every chunk's zip directory
 
   // 1. The tree, with references instead of tensors.
   Planner planner;
