@@ -6,8 +6,10 @@
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 namespace fabric {
 namespace {
@@ -16,6 +18,11 @@ constexpr size_t kPage = 4096;
 constexpr size_t kHugePage = size_t{2} << 20;
 constexpr size_t kAlignedMin = size_t{1} << 20;
 constexpr size_t kHugeMin = size_t{4} << 20;
+
+std::atomic<bool> g_huge_pages{[] {
+  const char* env = std::getenv("FABRIC_HUGE_PAGES");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}()};
 
 void FreeAligned(void* p) { std::free(p); }
 
@@ -63,7 +70,8 @@ class HugePageAllocator final : public c10::Allocator {
     const uintptr_t end = start + length + kHugePage;
     if (end > aligned + length) munmap(reinterpret_cast<void*>(aligned + length), end - aligned - length);
     void* p = reinterpret_cast<void*>(aligned);
-    madvise(p, length, MADV_HUGEPAGE);  // advice only: fails harmlessly without THP
+    // Advice only: fails harmlessly without THP.
+    if (HugePagesEnabled()) madvise(p, length, MADV_HUGEPAGE);
     return {p, new Mapping{p, length}, &Unmap, c10::Device(c10::DeviceType::CPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
@@ -73,6 +81,9 @@ class HugePageAllocator final : public c10::Allocator {
 };
 
 }  // namespace
+
+void SetHugePages(bool on) { g_huge_pages.store(on); }
+bool HugePagesEnabled() { return g_huge_pages.load(); }
 
 at::Tensor AlignedEmpty(at::IntArrayRef sizes, at::ScalarType dtype) {
   int64_t numel = 1;

@@ -65,5 +65,23 @@ TEST(AlignedEmptyTest, BigTensorsGetHugePagesWhereThpIsOn) {
   EXPECT_EQ(t.sum().item<int64_t>(), int64_t{7} * (int64_t{64} << 20));
 }
 
+// Where THP is only on advice ("madvise"), SetHugePages(false) leaves big
+// buffers in 4 KiB pages.
+TEST(AlignedEmptyTest, HugePagesCanBeTurnedOff) {
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string mode((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (mode.find("[madvise]") == std::string::npos) {
+    GTEST_SKIP() << "THP is not in madvise mode here: " << mode;
+  }
+  ASSERT_TRUE(HugePagesEnabled());
+  SetHugePages(false);
+  at::Tensor t = AlignedEmpty({int64_t{64} << 20}, at::kByte);
+  SetHugePages(true);
+  t.fill_(3);
+  EXPECT_EQ(Address(t) % (2u << 20), 0u);  // still aligned for O_DIRECT
+  EXPECT_EQ(HugeKbAt(Address(t)), 0) << "a huge page backs a buffer allocated with them off";
+  EXPECT_EQ(t.sum().item<int64_t>(), int64_t{3} * (int64_t{64} << 20));
+}
+
 }  // namespace
 }  // namespace fabric
