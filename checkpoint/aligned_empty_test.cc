@@ -12,10 +12,15 @@ namespace {
 
 uintptr_t Address(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()); }
 
-bool ThpEnabled() {
+// The THP mode line: "always [madvise] never" (the bracketed one is in force).
+std::string ThpMode() {
   std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  return !s.empty() && s.find("[never]") == std::string::npos;
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+bool ThpEnabled() {
+  const std::string mode = ThpMode();
+  return !mode.empty() && mode.find("[never]") == std::string::npos;
 }
 
 // AnonHugePages (kB) of the mapping in /proc/self/smaps that holds `addr`.
@@ -68,8 +73,7 @@ TEST(AlignedEmptyTest, BigTensorsGetHugePagesWhereThpIsOn) {
 // Where THP is only on advice ("madvise"), SetHugePages(false) leaves big
 // buffers in 4 KiB pages.
 TEST(AlignedEmptyTest, HugePagesCanBeTurnedOff) {
-  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
-  std::string mode((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const std::string mode = ThpMode();
   if (mode.find("[madvise]") == std::string::npos) {
     GTEST_SKIP() << "THP is not in madvise mode here: " << mode;
   }
