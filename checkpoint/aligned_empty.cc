@@ -9,7 +9,8 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
+
+#include "base/env_switch.h"
 
 namespace fabric {
 namespace {
@@ -19,10 +20,7 @@ constexpr size_t kHugePage = size_t{2} << 20;
 constexpr size_t kAlignedMin = size_t{1} << 20;
 constexpr size_t kHugeMin = size_t{4} << 20;
 
-std::atomic<bool> g_huge_pages{[] {
-  const char* env = std::getenv("FABRIC_HUGE_PAGES");
-  return env == nullptr || std::strcmp(env, "0") != 0;
-}()};
+std::atomic<bool> g_huge_pages{EnvSwitchOn("FABRIC_HUGE_PAGES")};
 
 void FreeAligned(void* p) { std::free(p); }
 

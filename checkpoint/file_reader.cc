@@ -9,10 +9,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/env_switch.h"
 #include "base/parallel.h"
 #include "base/status_macros.h"
 #include "checkpoint/crc32.h"
@@ -57,10 +57,7 @@ constexpr size_t kMaxIov = 512;  // well below IOV_MAX (1024)
 constexpr uint64_t kDirectAlign = 4096;
 constexpr size_t kDirectMin = size_t{1} << 20;
 
-std::atomic<bool> g_direct_reads{[] {
-  const char* env = std::getenv("FABRIC_DIRECT_READS");
-  return env == nullptr || std::strcmp(env, "0") != 0;
-}()};
+std::atomic<bool> g_direct_reads{EnvSwitchOn("FABRIC_DIRECT_READS")};
 
 // cachestat(2) (Linux 6.5): how many pages of a range the page cache holds,
 // without touching them. Returns false where the kernel lacks it.
